@@ -1,0 +1,124 @@
+//! The access event: one record of one decision, permit or deny.
+//!
+//! Events are what the audit sink (and later the transparency log) makes durable before any
+//! data is released. They never carry protected values: records and subjects appear only as
+//! keyed pseudonyms, so a published log reveals who accessed *something* about a subject
+//! without revealing the subject to anyone who does not hold the pseudonym key or the id.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{CollectionName, DataClass, FieldName, PrincipalId};
+
+/// An operation a principal asks for; each maps to a Cedar action of the same name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Read field values of records.
+    Read,
+    /// Create or update field values.
+    Write,
+    /// Look records up by a field's value.
+    Search,
+    /// Delete records.
+    Delete,
+}
+
+impl Action {
+    /// Every action, in a stable order.
+    pub const ALL: [Action; 4] = [Action::Read, Action::Write, Action::Search, Action::Delete];
+
+    /// The Cedar action id and wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Read => "read",
+            Action::Write => "write",
+            Action::Search => "search",
+            Action::Delete => "delete",
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The overall outcome of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decision {
+    /// Every class the request touched was permitted.
+    Permit,
+    /// Some classes were permitted and others withheld.
+    Partial,
+    /// Nothing was permitted.
+    Deny,
+}
+
+/// A keyed pseudonym (hex HMAC) standing in for a record id or subject in events.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PseudonymId(pub String);
+
+impl fmt::Display for PseudonymId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A field that was not released, with the class and the reason.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct FieldOutcome {
+    /// The withheld field.
+    pub field: FieldName,
+    /// Its data class.
+    pub class: DataClass,
+    /// `default-deny`, or `forbidden-by:<policy id>`.
+    pub reason: String,
+}
+
+/// One access decision, as made durable before anything is released.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccessEvent {
+    /// Document version, so verifiers can parse old entries.
+    pub v: u32,
+    /// Always `access`; other kinds (policy, principal, key events) arrive with the log.
+    pub kind: String,
+    /// When the decision was made (RFC 3339, UTC).
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: time::OffsetDateTime,
+    /// Who asked.
+    pub principal: PrincipalId,
+    /// The principal's kind (`engineer`, `workload`, `subject`, `monitor`).
+    pub principal_kind: String,
+    /// What was asked.
+    pub action: Action,
+    /// Which collection.
+    pub collection: CollectionName,
+    /// Pseudonyms of the records touched.
+    pub records: Vec<PseudonymId>,
+    /// Pseudonyms of the subjects those records are about.
+    pub subjects: Vec<PseudonymId>,
+    /// Fields released (read) or accepted (write).
+    pub released: Vec<FieldName>,
+    /// Fields withheld or refused, with class and reason.
+    pub withheld: Vec<FieldOutcome>,
+    /// The stated purpose, if any.
+    pub purpose: Option<String>,
+    /// The stated justification, if any.
+    pub justification: Option<String>,
+    /// The principal's location at decision time.
+    pub location: Option<String>,
+    /// SHA-256 (hex) of the policy set that decided.
+    pub policy_set: String,
+    /// The overall outcome.
+    pub decision: Decision,
+}
+
+impl AccessEvent {
+    /// The current document version.
+    pub const VERSION: u32 = 1;
+}

@@ -1,0 +1,30 @@
+use thiserror::Error;
+
+/// What went wrong in a cryptographic operation.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum CryptoError {
+    /// A ciphertext failed authentication: tampered, truncated, or moved from another
+    /// record, field or key. Never retried, never ignored.
+    #[error("ciphertext failed authentication (tampered, moved, or wrong key)")]
+    Integrity,
+    /// A ciphertext had an unknown format version or was too short to parse.
+    #[error("ciphertext is malformed: {0}")]
+    Malformed(&'static str),
+    /// The key file could not be read or written.
+    #[error("key file `{path}`: {source}")]
+    KeyFile {
+        /// The file.
+        path: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The key file exists but is unusable (wrong size, or readable by others).
+    #[error("key file `{path}` is unusable: {reason}")]
+    KeyFileInvalid {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+}
