@@ -1,1 +1,26 @@
-//! placeholder
+//! # custody-vault
+//!
+//! Where records live, encrypted. The vault turns validated field values into stored records
+//! and back, and it is the only place that ever holds a subject's data key in the clear.
+//!
+//! - **Records** are kept by a [`RecordStore`]; values of encrypted data classes are sealed
+//!   under the subject's DEK with their (collection, record, field, key version) bound in.
+//! - **Keys** are kept by a separate [`KeyStore`], wrapped by the provider's KEK through a
+//!   [`custody_crypto::KeyProvider`]. Record storage alone never decrypts anything, and
+//!   destroying one subject's DEK makes all of that subject's records unreadable.
+//! - **Opening is selective**: [`Vault::open`] decrypts only the fields whose class the
+//!   caller says was permitted; the ciphertexts of every other field are never touched.
+//!
+//! The embedded backend is [redb](https://docs.rs/redb) ([`RedbStore`]): two database files,
+//! `records.redb` and `keys.redb`, each committed durably before a write is acknowledged.
+//! A PostgreSQL backend implements the same traits.
+
+mod error;
+mod redb_store;
+mod store;
+mod vault;
+
+pub use error::VaultError;
+pub use redb_store::RedbStore;
+pub use store::{KeyState, KeyStore, PrincipalStore, RecordStore, StoredRecord, StoredValue, WrappedKey};
+pub use vault::{OpenedRecord, Vault, WriteMode};
