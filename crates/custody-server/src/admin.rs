@@ -1,0 +1,208 @@
+//! Operator operations: principals and policy reloads.
+//!
+//! While a server runs it holds the data dir's databases, so the `custody` CLI reaches these
+//! operations through `admin.sock` in the data dir (mode 0600: whoever may read the data dir
+//! is the operator). When no server runs, the CLI calls the same functions on the store.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use custody_core::{IdError, Jurisdiction, PrincipalAttrs, PrincipalId, PrincipalKind, PrincipalRecord, SubjectId};
+use custody_vault::{PrincipalStore, VaultError};
+
+use crate::api::{ApiJson, ApiPath};
+use crate::auth::issue_token;
+use crate::setup::ServerState;
+use crate::ApiError;
+
+/// A principal to register.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewPrincipal {
+    /// Its id.
+    pub id: String,
+    /// `engineer`, `workload`, `subject` or `monitor`.
+    pub kind: String,
+    /// Its location (a jurisdiction code).
+    pub location: String,
+    /// Its employer.
+    #[serde(default)]
+    pub employer: String,
+    /// Its roles.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// For subject principals: the subject they are.
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// Further attributes, as Cedar tags.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+/// A registered principal and its token, shown once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Issued {
+    /// The stored principal (without secrets).
+    pub principal: PrincipalView,
+    /// The bearer token. Only its hash is stored.
+    pub token: String,
+}
+
+/// A principal as shown to operators.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PrincipalView {
+    /// Its id.
+    pub id: String,
+    /// Its kind.
+    pub kind: PrincipalKind,
+    /// Its attributes.
+    pub attrs: PrincipalAttrs,
+    /// Whether it is revoked.
+    pub revoked: bool,
+}
+
+impl From<&PrincipalRecord> for PrincipalView {
+    fn from(p: &PrincipalRecord) -> Self {
+        Self { id: p.id.to_string(), kind: p.kind, attrs: p.attrs.clone(), revoked: p.revoked }
+    }
+}
+
+/// Why an operator operation failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum AdminError {
+    /// An argument is malformed.
+    #[error("{0}")]
+    Invalid(String),
+    /// The principal id is taken.
+    #[error("principal `{0}` already exists")]
+    Exists(String),
+    /// No such principal.
+    #[error("no principal `{0}`")]
+    NotFound(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] VaultError),
+}
+
+impl From<IdError> for AdminError {
+    fn from(e: IdError) -> Self {
+        AdminError::Invalid(e.to_string())
+    }
+}
+
+/// Registers a principal and returns it with its one-time token.
+///
+/// # Errors
+/// [`AdminError::Invalid`] for malformed attributes, [`AdminError::Exists`].
+pub fn add_principal(store: &dyn PrincipalStore, req: NewPrincipal) -> Result<Issued, AdminError> {
+    let id = PrincipalId::new(req.id)?;
+    let kind: PrincipalKind = req.kind.parse()?;
+    let location = Jurisdiction::new(req.location)?;
+    let subject = req.subject.map(SubjectId::new).transpose()?;
+    if kind == PrincipalKind::Subject && subject.is_none() {
+        return Err(AdminError::Invalid("a subject principal needs `subject`".into()));
+    }
+    for (k, _) in &req.tags {
+        if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            return Err(AdminError::Invalid(format!("attribute name `{k}` must be letters, digits, `_` or `-`")));
+        }
+    }
+    if store.principal(&id)?.is_some() {
+        return Err(AdminError::Exists(id.to_string()));
+    }
+    let (token, hash) = issue_token(&id);
+    let record = PrincipalRecord {
+        id,
+        kind,
+        attrs: PrincipalAttrs { location, employer: req.employer, roles: req.roles, subject, tags: req.tags },
+        token_sha256: hash,
+        revoked: false,
+        version: 1,
+    };
+    store.put_principal(&record)?;
+    Ok(Issued { principal: PrincipalView::from(&record), token })
+}
+
+/// Revokes a principal; its next request is refused.
+///
+/// # Errors
+/// [`AdminError::NotFound`].
+pub fn revoke_principal(store: &dyn PrincipalStore, id: &str) -> Result<PrincipalView, AdminError> {
+    let id = PrincipalId::new(id)?;
+    let mut p = store.principal(&id)?.ok_or_else(|| AdminError::NotFound(id.to_string()))?;
+    p.revoked = true;
+    p.version += 1;
+    store.put_principal(&p)?;
+    Ok(PrincipalView::from(&p))
+}
+
+/// Every principal.
+///
+/// # Errors
+/// Store failures.
+pub fn list_principals(store: &dyn PrincipalStore) -> Result<Vec<PrincipalView>, AdminError> {
+    Ok(store.principals()?.iter().map(PrincipalView::from).collect())
+}
+
+impl From<AdminError> for ApiError {
+    fn from(e: AdminError) -> Self {
+        match e {
+            AdminError::Invalid(_) => ApiError::bad_request(e.to_string()),
+            AdminError::Exists(_) => ApiError::new(StatusCode::CONFLICT, "conflict", "Conflict", e.to_string()),
+            AdminError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not-found", "Not found", e.to_string()),
+            AdminError::Store(cause) => ApiError::internal(cause),
+        }
+    }
+}
+
+/// The result of a policy reload.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Reloaded {
+    /// The hash of the set now in force.
+    pub policy_set: String,
+    /// Its policy ids.
+    pub policies: Vec<String>,
+}
+
+/// The operator router served on `admin.sock`.
+pub fn router(state: Arc<ServerState>) -> Router {
+    Router::new()
+        .route("/admin/principals", get(list).post(add))
+        .route("/admin/principals/{id}/revoke", post(revoke))
+        .route("/admin/policy/reload", post(reload))
+        .with_state(state)
+}
+
+async fn add(State(s): State<Arc<ServerState>>, ApiJson(req): ApiJson<NewPrincipal>) -> Result<(StatusCode, Json<Issued>), ApiError> {
+    let issued = add_principal(s.auth.store().as_ref(), req)?;
+    tracing::info!(principal = %issued.principal.id, kind = %issued.principal.kind, "principal added");
+    Ok((StatusCode::CREATED, Json(issued)))
+}
+
+async fn revoke(State(s): State<Arc<ServerState>>, ApiPath(id): ApiPath<String>) -> Result<Json<PrincipalView>, ApiError> {
+    let view = revoke_principal(s.auth.store().as_ref(), &id)?;
+    if let Ok(pid) = PrincipalId::new(&view.id) {
+        s.auth.invalidate(&pid);
+    }
+    tracing::info!(principal = %view.id, "principal revoked");
+    Ok(Json(view))
+}
+
+async fn list(State(s): State<Arc<ServerState>>) -> Result<Json<Vec<PrincipalView>>, ApiError> {
+    Ok(Json(list_principals(s.auth.store().as_ref())?))
+}
+
+async fn reload(State(s): State<Arc<ServerState>>) -> Result<Json<Reloaded>, ApiError> {
+    match s.reload_policies() {
+        Ok(set) => Ok(Json(Reloaded { policy_set: set.hash().to_string(), policies: set.ids().to_vec() })),
+        Err(e) => Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "policy-invalid", "Policy set refused", e.to_string())),
+    }
+}

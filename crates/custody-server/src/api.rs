@@ -1,0 +1,257 @@
+//! The HTTP API: routes, extractors and the OpenAPI document.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use utoipa::OpenApi;
+
+use custody_policy::RequestContext;
+
+use crate::guard::Caller;
+use crate::setup::ServerState;
+use crate::wire::{
+    BatchGet, CreateRecord, ListResponse, Problem, ReadResponse, Receipt, RecordView, Search, UpdateRecord, Withheld,
+    WriteResponse, MAX_CONTEXT_LEN,
+};
+use crate::ApiError;
+
+/// Shared state of every handler.
+pub type AppState = Arc<ServerState>;
+
+/// Header carrying the stated purpose.
+pub const PURPOSE_HEADER: &str = "custody-purpose";
+/// Header carrying the justification.
+pub const JUSTIFICATION_HEADER: &str = "custody-justification";
+/// Header carrying comma-separated approvals.
+pub const APPROVALS_HEADER: &str = "custody-approvals";
+
+/// JSON body extractor whose rejections are problem documents naming the problem.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(r: JsonRejection) -> ApiError {
+    let status = r.status();
+    let text = r.body_text();
+    match status {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(status, "body-too-large", "Body too large", text),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            ApiError::new(status, "unsupported-media-type", "Unsupported media type", "send `content-type: application/json`")
+        }
+        _ => ApiError::new(StatusCode::BAD_REQUEST, "invalid-json", "Invalid JSON body", text),
+    }
+}
+
+/// Path extractor with problem-document rejections.
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| ApiPath(p.0))
+            .map_err(|r: PathRejection| ApiError::bad_request(r.body_text()))
+    }
+}
+
+/// The authenticated caller.
+pub struct Authed(pub Arc<Caller>);
+
+impl FromRequestParts<AppState> for Authed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let header = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        Ok(Authed(state.auth.authenticate(header)?))
+    }
+}
+
+/// The request context from `custody-purpose`, `custody-justification`, `custody-approvals`.
+pub struct Ctx(pub RequestContext);
+
+fn header_text(headers: &HeaderMap, name: &'static str) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get(name) else { return Ok(None) };
+    let s = v.to_str().map_err(|_| ApiError::bad_request(format!("header `{name}` must be visible ASCII")))?;
+    if s.len() > MAX_CONTEXT_LEN {
+        return Err(ApiError::bad_request(format!("header `{name}` is {} bytes, the limit is {MAX_CONTEXT_LEN}", s.len())));
+    }
+    let s = s.trim();
+    Ok(if s.is_empty() { None } else { Some(s.to_string()) })
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Ctx {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let purpose = header_text(&parts.headers, PURPOSE_HEADER)?;
+        let justification = header_text(&parts.headers, JUSTIFICATION_HEADER)?;
+        let approvals = header_text(&parts.headers, APPROVALS_HEADER)?
+            .map(|s| s.split(',').map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect())
+            .unwrap_or_default();
+        Ok(Ctx(RequestContext { purpose, justification, approvals }))
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "custody", description = "The trusted-provider data boundary: every access decided by Cedar and recorded before release."),
+    paths(create_record, get_record, update_record, delete_record, batch_get, search, healthz, metrics),
+    components(schemas(CreateRecord, UpdateRecord, BatchGet, Search, ReadResponse, ListResponse, WriteResponse, RecordView, Withheld, Receipt, Problem))
+)]
+struct ApiDoc;
+
+/// The OpenAPI document, generated from the handlers and types.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+/// The router over a server state.
+pub fn app(state: AppState) -> Router {
+    let limit = state.config.max_body_bytes;
+    Router::new()
+        .route("/v1/collections/{collection}/records", post(create_record))
+        .route("/v1/collections/{collection}/records/{id}", get(get_record).patch(update_record).delete(delete_record))
+        .route("/v1/collections/{collection}/batch-get", post(batch_get))
+        .route("/v1/collections/{collection}/search", post(search))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi_json))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .with_state(state)
+}
+
+async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |m| m.as_str()).to_string();
+    let method = req.method().to_string();
+    let resp = next.run(req).await;
+    state.metrics.request(&route, &method, resp.status().as_u16(), start.elapsed().as_secs_f64());
+    resp
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no-route", "No such route", "see /openapi.json for the API")
+}
+
+/// Creates a record.
+#[utoipa::path(post, path = "/v1/collections/{collection}/records", request_body = CreateRecord,
+    params(("collection" = String, Path, description = "A declared collection")),
+    responses((status = 201, body = WriteResponse), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem), (status = 409, body = Problem)))]
+async fn create_record(
+    State(s): State<AppState>,
+    Authed(caller): Authed,
+    Ctx(ctx): Ctx,
+    ApiPath(collection): ApiPath<String>,
+    ApiJson(body): ApiJson<CreateRecord>,
+) -> Result<(StatusCode, Json<WriteResponse>), ApiError> {
+    Ok((StatusCode::CREATED, Json(s.guard.create(&caller, &collection, body, &ctx).await?)))
+}
+
+/// Reads a record: permitted fields, and the withheld ones with class and reason.
+#[utoipa::path(get, path = "/v1/collections/{collection}/records/{id}",
+    params(("collection" = String, Path), ("id" = String, Path),
+        ("custody-purpose" = Option<String>, Header), ("custody-justification" = Option<String>, Header)),
+    responses((status = 200, body = ReadResponse), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem), (status = 410, body = Problem), (status = 503, body = Problem)))]
+async fn get_record(
+    State(s): State<AppState>,
+    Authed(caller): Authed,
+    Ctx(ctx): Ctx,
+    ApiPath((collection, id)): ApiPath<(String, String)>,
+) -> Result<Json<ReadResponse>, ApiError> {
+    Ok(Json(s.guard.read(&caller, &collection, &id, &ctx).await?))
+}
+
+/// Updates fields of a record.
+#[utoipa::path(patch, path = "/v1/collections/{collection}/records/{id}", request_body = UpdateRecord,
+    params(("collection" = String, Path), ("id" = String, Path)),
+    responses((status = 200, body = WriteResponse), (status = 400, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)))]
+async fn update_record(
+    State(s): State<AppState>,
+    Authed(caller): Authed,
+    Ctx(ctx): Ctx,
+    ApiPath((collection, id)): ApiPath<(String, String)>,
+    ApiJson(body): ApiJson<UpdateRecord>,
+) -> Result<Json<WriteResponse>, ApiError> {
+    Ok(Json(s.guard.update(&caller, &collection, &id, body, &ctx).await?))
+}
+
+/// Deletes a record.
+#[utoipa::path(delete, path = "/v1/collections/{collection}/records/{id}",
+    params(("collection" = String, Path), ("id" = String, Path)),
+    responses((status = 200, body = WriteResponse), (status = 403, body = Problem), (status = 404, body = Problem)))]
+async fn delete_record(
+    State(s): State<AppState>,
+    Authed(caller): Authed,
+    Ctx(ctx): Ctx,
+    ApiPath((collection, id)): ApiPath<(String, String)>,
+) -> Result<Json<WriteResponse>, ApiError> {
+    Ok(Json(s.guard.delete(&caller, &collection, &id, &ctx).await?))
+}
+
+/// Reads up to 100 records under one logged event.
+#[utoipa::path(post, path = "/v1/collections/{collection}/batch-get", request_body = BatchGet,
+    params(("collection" = String, Path)),
+    responses((status = 200, body = ListResponse), (status = 400, body = Problem), (status = 403, body = Problem)))]
+async fn batch_get(
+    State(s): State<AppState>,
+    Authed(caller): Authed,
+    Ctx(ctx): Ctx,
+    ApiPath(collection): ApiPath<String>,
+    ApiJson(body): ApiJson<BatchGet>,
+) -> Result<Json<ListResponse>, ApiError> {
+    Ok(Json(s.guard.batch_get(&caller, &collection, &body.ids, &ctx).await?))
+}
+
+/// Finds records by exact value of a searchable field, through its keyed blind index.
+#[utoipa::path(post, path = "/v1/collections/{collection}/search", request_body = Search,
+    params(("collection" = String, Path)),
+    responses((status = 200, body = ListResponse), (status = 400, body = Problem), (status = 403, body = Problem)))]
+async fn search(
+    State(s): State<AppState>,
+    Authed(caller): Authed,
+    Ctx(ctx): Ctx,
+    ApiPath(collection): ApiPath<String>,
+    ApiJson(body): ApiJson<Search>,
+) -> Result<Json<ListResponse>, ApiError> {
+    Ok(Json(s.guard.search(&caller, &collection, &body, &ctx).await?))
+}
+
+/// Liveness: 200 while the server runs.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "ok")))]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Prometheus metrics in the text format.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format")))]
+async fn metrics(State(s): State<AppState>) -> Response {
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.metrics.render()).into_response()
+}
+
+async fn openapi_json() -> Response {
+    match openapi().to_json() {
+        Ok(s) => ([(header::CONTENT_TYPE, "application/json")], s).into_response(),
+        Err(e) => ApiError::internal(e).into_response(),
+    }
+}

@@ -1,0 +1,503 @@
+//! The guarded data path, without HTTP.
+//!
+//! Order is the invariant: decide every touched class, open only permitted fields, make the
+//! access event durable, and only then hand anything back. A failure at any step returns an
+//! error and releases nothing.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+use thiserror::Error;
+
+use custody_audit::{AuditError, AuditSink};
+use custody_core::{
+    AccessEvent, Action, CollectionName, CollectionSchema, DataClass, Decision, FieldName, FieldOutcome,
+    IdError, Jurisdiction, PrincipalRecord, RecordId, Schema, SchemaError, SubjectId,
+};
+use custody_policy::{ClassDecision, LoadedPolicies, PolicyEngine, PreparedPrincipal, RequestContext, ResourceRef};
+use custody_vault::{StoredRecord, Vault, VaultError, WriteMode};
+
+use crate::metrics::Metrics;
+use crate::wire::{
+    CreateRecord, ListResponse, ReadResponse, Receipt, RecordView, Search, UpdateRecord, Withheld, WriteResponse,
+    MAX_BATCH, MAX_SEARCH_RESULTS,
+};
+
+/// An authenticated principal, ready for decisions.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The stored principal.
+    pub record: Arc<PrincipalRecord>,
+    /// Its Cedar entity.
+    pub prepared: PreparedPrincipal,
+}
+
+/// Why a guarded operation did not succeed. Authorization outcomes are exhaustive.
+#[derive(Debug, Error)]
+pub enum GuardError {
+    /// The collection is not declared.
+    #[error("unknown collection `{0}`")]
+    UnknownCollection(String),
+    /// The record does not exist.
+    #[error("no record `{0}`")]
+    NotFound(String),
+    /// The body does not match the schema.
+    #[error("{0}")]
+    Invalid(#[from] SchemaError),
+    /// An id or parameter is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Nothing the request asked for was permitted; the deny is logged.
+    #[error("access denied")]
+    Forbidden {
+        /// What was withheld and why.
+        withheld: Vec<Withheld>,
+        /// Receipt of the logged deny.
+        receipt: Receipt,
+    },
+    /// The id is taken, or the update would move the record.
+    #[error("{0}")]
+    Conflict(String),
+    /// The subject's data was erased.
+    #[error("the subject of `{0}` was erased")]
+    Erased(String),
+    /// The audit sink could not make the event durable; nothing was released.
+    #[error("audit unavailable: {0}")]
+    AuditUnavailable(#[from] AuditError),
+    /// Stored data failed an integrity check.
+    #[error("integrity failure: {0}")]
+    Integrity(String),
+    /// Storage failed.
+    #[error("storage failure: {0}")]
+    Storage(String),
+}
+
+impl From<IdError> for GuardError {
+    fn from(e: IdError) -> Self {
+        GuardError::BadRequest(e.to_string())
+    }
+}
+
+impl From<VaultError> for GuardError {
+    fn from(e: VaultError) -> Self {
+        match e {
+            VaultError::NotFound(s) => GuardError::NotFound(s),
+            VaultError::AlreadyExists(s) => GuardError::Conflict(format!("record `{s}` already exists")),
+            VaultError::OwnerMismatch(s) => GuardError::Conflict(format!("record `{s}` belongs to another subject")),
+            VaultError::Erased(s) => GuardError::Erased(s),
+            VaultError::Integrity(s) | VaultError::Corrupt(s) => GuardError::Integrity(s),
+            other => GuardError::Storage(other.to_string()),
+        }
+    }
+}
+
+/// Decisions already made in one request, keyed by (class, jurisdiction, subject).
+type Memo = HashMap<(DataClass, Jurisdiction, Option<SubjectId>), ClassDecision>;
+
+/// The guarded path over a schema, vault, policy engine and audit sink.
+pub struct Guard {
+    schema: Arc<Schema>,
+    vault: Arc<Vault>,
+    policy: Arc<PolicyEngine>,
+    audit: Arc<dyn AuditSink>,
+    metrics: Arc<Metrics>,
+}
+
+struct Outcome {
+    view: RecordView,
+    released: BTreeSet<FieldName>,
+    withheld: BTreeSet<FieldOutcome>,
+}
+
+impl Guard {
+    /// Builds the guard.
+    pub fn new(
+        schema: Arc<Schema>,
+        vault: Arc<Vault>,
+        policy: Arc<PolicyEngine>,
+        audit: Arc<dyn AuditSink>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self { schema, vault, policy, audit, metrics }
+    }
+
+    /// The schema in force.
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    /// The vault.
+    pub fn vault(&self) -> &Arc<Vault> {
+        &self.vault
+    }
+
+    fn collection(&self, name: &str) -> Result<(&CollectionName, &CollectionSchema), GuardError> {
+        self.schema.collection(name).map_err(|_| GuardError::UnknownCollection(name.chars().take(64).collect()))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn decide(
+        &self,
+        policies: &LoadedPolicies,
+        caller: &Caller,
+        action: Action,
+        collection: &CollectionName,
+        class: &DataClass,
+        jurisdiction: &Jurisdiction,
+        subject: Option<&SubjectId>,
+        ctx: &RequestContext,
+        memo: &mut Memo,
+    ) -> ClassDecision {
+        let key = (class.clone(), jurisdiction.clone(), subject.cloned());
+        if let Some(d) = memo.get(&key) {
+            return d.clone();
+        }
+        let resource = ResourceRef {
+            collection: collection.as_str(),
+            class: class.as_str(),
+            jurisdiction: jurisdiction.as_str(),
+            subject: subject.map(SubjectId::as_str),
+        };
+        let d = self.policy.decide(policies, &caller.prepared, action, &resource, ctx);
+        self.metrics.decision(action, d.is_permit());
+        memo.insert(key, d.clone());
+        d
+    }
+
+    /// Decides and opens one stored record for reading.
+    #[allow(clippy::too_many_arguments)]
+    fn view(
+        &self,
+        policies: &LoadedPolicies,
+        caller: &Caller,
+        cname: &CollectionName,
+        coll: &CollectionSchema,
+        id: &RecordId,
+        stored: &StoredRecord,
+        ctx: &RequestContext,
+        memo: &mut Memo,
+    ) -> Result<Outcome, GuardError> {
+        let mut permitted = BTreeSet::new();
+        let mut withheld = BTreeSet::new();
+        for (fname, spec) in &coll.fields {
+            if !stored.fields.contains_key(fname.as_str()) {
+                continue;
+            }
+            let d = self.decide(
+                policies,
+                caller,
+                Action::Read,
+                cname,
+                &spec.class,
+                &stored.jurisdiction,
+                Some(&stored.subject),
+                ctx,
+                memo,
+            );
+            match d {
+                ClassDecision::Permit(_) => {
+                    permitted.insert(spec.class.clone());
+                }
+                ClassDecision::Deny(reason) => {
+                    withheld.insert(FieldOutcome { field: fname.clone(), class: spec.class.clone(), reason: reason.to_string() });
+                }
+            }
+        }
+        let opened = if permitted.is_empty() {
+            BTreeMap::new()
+        } else {
+            self.vault.open(&self.schema, cname, id, stored, |c| permitted.contains(c))?.fields
+        };
+        let released: BTreeSet<FieldName> = opened.keys().cloned().collect();
+        let fields: Map<String, Value> = opened.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let view = RecordView {
+            id: id.to_string(),
+            subject: stored.subject.to_string(),
+            jurisdiction: stored.jurisdiction.to_string(),
+            fields,
+            withheld: withheld.iter().map(withheld_wire).collect(),
+        };
+        Ok(Outcome { view, released, withheld })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn event(
+        &self,
+        policies: &LoadedPolicies,
+        caller: &Caller,
+        action: Action,
+        collection: &CollectionName,
+        records: &[(&RecordId, &SubjectId)],
+        released: impl IntoIterator<Item = FieldName>,
+        withheld: impl IntoIterator<Item = FieldOutcome>,
+        ctx: &RequestContext,
+    ) -> AccessEvent {
+        let p = self.vault.pseudonyms();
+        let released: Vec<FieldName> = released.into_iter().collect();
+        let withheld: Vec<FieldOutcome> = withheld.into_iter().collect();
+        let decision = match (released.is_empty(), withheld.is_empty()) {
+            (_, true) => Decision::Permit,
+            (false, false) => Decision::Partial,
+            (true, false) => Decision::Deny,
+        };
+        let mut subjects: Vec<_> = records.iter().map(|(_, s)| p.subject(s.as_str())).collect();
+        subjects.sort();
+        subjects.dedup();
+        AccessEvent {
+            v: AccessEvent::VERSION,
+            kind: "access".into(),
+            time: time::OffsetDateTime::now_utc(),
+            principal: caller.record.id.clone(),
+            principal_kind: caller.record.kind.to_string(),
+            action,
+            collection: collection.clone(),
+            records: records.iter().map(|(r, _)| p.record(collection.as_str(), r.as_str())).collect(),
+            subjects,
+            released,
+            withheld,
+            purpose: ctx.purpose.clone(),
+            justification: ctx.justification.clone(),
+            location: Some(caller.prepared.location().to_string()),
+            policy_set: policies.hash().to_string(),
+            decision,
+        }
+    }
+
+    async fn record(&self, event: &AccessEvent) -> Result<Receipt, GuardError> {
+        let pending = self.audit.submit(event).inspect_err(|_| self.metrics.audit_failure())?;
+        let r = pending.durable().await.inspect_err(|_| self.metrics.audit_failure())?;
+        Ok(Receipt { index: r.index, detail: r.detail })
+    }
+
+    /// Reads one record: permitted fields released, the rest listed as withheld.
+    ///
+    /// # Errors
+    /// [`GuardError::Forbidden`] when no class is permitted (after logging the deny), and the
+    /// not-found, erased, integrity and audit errors.
+    pub async fn read(&self, caller: &Caller, collection: &str, id: &str, ctx: &RequestContext) -> Result<ReadResponse, GuardError> {
+        let (cname, coll) = self.collection(collection)?;
+        let id = RecordId::new(id)?;
+        let stored = self.vault.load(cname, &id)?;
+        let policies = self.policy.current();
+        let mut memo = Memo::new();
+        let out = self.view(&policies, caller, cname, coll, &id, &stored, ctx, &mut memo)?;
+        let event = self.event(
+            &policies,
+            caller,
+            Action::Read,
+            cname,
+            &[(&id, &stored.subject)],
+            out.released.iter().cloned(),
+            out.withheld.iter().cloned(),
+            ctx,
+        );
+        let receipt = self.record(&event).await?;
+        if out.released.is_empty() && !out.withheld.is_empty() {
+            return Err(GuardError::Forbidden { withheld: out.view.withheld, receipt });
+        }
+        Ok(ReadResponse { record: out.view, receipt })
+    }
+
+    /// Reads several records of one collection under one logged event.
+    ///
+    /// # Errors
+    /// As [`Guard::read`]; [`GuardError::BadRequest`] for too many or malformed ids.
+    pub async fn batch_get(&self, caller: &Caller, collection: &str, ids: &[String], ctx: &RequestContext) -> Result<ListResponse, GuardError> {
+        let (cname, coll) = self.collection(collection)?;
+        if ids.len() > MAX_BATCH {
+            return Err(GuardError::BadRequest(format!("`ids` has {} entries, the limit is {MAX_BATCH}", ids.len())));
+        }
+        let ids: Vec<RecordId> = ids.iter().map(RecordId::new).collect::<Result<_, _>>()?;
+        self.read_many(caller, Action::Read, cname, coll, ids, ctx).await
+    }
+
+    async fn read_many(
+        &self,
+        caller: &Caller,
+        action: Action,
+        cname: &CollectionName,
+        coll: &CollectionSchema,
+        ids: Vec<RecordId>,
+        ctx: &RequestContext,
+    ) -> Result<ListResponse, GuardError> {
+        let policies = self.policy.current();
+        let mut memo = Memo::new();
+        let mut found = Vec::new();
+        let mut missing = Vec::new();
+        for id in ids {
+            match self.vault.load(cname, &id) {
+                Ok(s) => found.push((id, s)),
+                Err(VaultError::NotFound(_)) => missing.push(id.to_string()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let mut released = BTreeSet::new();
+        let mut withheld = BTreeSet::new();
+        let mut views = Vec::new();
+        for (id, stored) in &found {
+            let out = self.view(&policies, caller, cname, coll, id, stored, ctx, &mut memo)?;
+            released.extend(out.released);
+            withheld.extend(out.withheld);
+            views.push(out.view);
+        }
+        let refs: Vec<(&RecordId, &SubjectId)> = found.iter().map(|(i, s)| (i, &s.subject)).collect();
+        let event = self.event(&policies, caller, action, cname, &refs, released.iter().cloned(), withheld.iter().cloned(), ctx);
+        let receipt = self.record(&event).await?;
+        if released.is_empty() && !withheld.is_empty() {
+            return Err(GuardError::Forbidden { withheld: withheld.iter().map(withheld_wire).collect(), receipt });
+        }
+        Ok(ListResponse { records: views, missing, receipt })
+    }
+
+    /// Finds records by a searchable field's value (through the blind index) and reads them.
+    ///
+    /// # Errors
+    /// [`GuardError::BadRequest`] for an unknown or unsearchable field,
+    /// [`GuardError::Forbidden`] when searching the field's class is denied.
+    pub async fn search(&self, caller: &Caller, collection: &str, q: &Search, ctx: &RequestContext) -> Result<ListResponse, GuardError> {
+        let (cname, coll) = self.collection(collection)?;
+        let (fname, spec) = coll
+            .fields
+            .iter()
+            .find(|(k, _)| k.as_str() == q.field)
+            .ok_or_else(|| SchemaError::UnknownField { collection: cname.to_string(), field: q.field.chars().take(64).collect() })?;
+        if !spec.searchable {
+            return Err(GuardError::BadRequest(format!("field `{fname}` is not searchable")));
+        }
+        let limit = q.limit.unwrap_or(MAX_SEARCH_RESULTS).clamp(1, MAX_SEARCH_RESULTS);
+        let policies = self.policy.current();
+        let mut memo = Memo::new();
+        let boundary = self.policy.boundary().clone();
+        let d = self.decide(&policies, caller, Action::Search, cname, &spec.class, &boundary, None, ctx, &mut memo);
+        if let ClassDecision::Deny(reason) = d {
+            let w = FieldOutcome { field: fname.clone(), class: spec.class.clone(), reason: reason.to_string() };
+            let event = self.event(&policies, caller, Action::Search, cname, &[], [], [w.clone()], ctx);
+            let receipt = self.record(&event).await?;
+            return Err(GuardError::Forbidden { withheld: vec![withheld_wire(&w)], receipt });
+        }
+        let ids = self.vault.search(cname, fname, &q.value, limit)?;
+        self.read_many(caller, Action::Search, cname, coll, ids, ctx).await
+    }
+
+    /// Creates a record. Every class written must be permitted, or nothing is written.
+    ///
+    /// # Errors
+    /// [`GuardError::Invalid`] for schema errors, [`GuardError::Forbidden`], [`GuardError::Conflict`].
+    pub async fn create(&self, caller: &Caller, collection: &str, body: CreateRecord, ctx: &RequestContext) -> Result<WriteResponse, GuardError> {
+        let (cname, _) = self.collection(collection)?;
+        let subject = SubjectId::new(body.subject.ok_or(SchemaError::MissingSubject)?).map_err(SchemaError::from)?;
+        let jurisdiction = match body.jurisdiction {
+            Some(j) => Jurisdiction::new(j).map_err(SchemaError::from)?,
+            None => self.policy.boundary().clone(),
+        };
+        let id = match body.id {
+            Some(i) => RecordId::new(i).map_err(SchemaError::from)?,
+            None => RecordId::new(random_id())?,
+        };
+        let fields = self.schema.validate_fields(cname, &body.fields, false)?;
+        if self.vault.load(cname, &id).is_ok() {
+            return Err(GuardError::Conflict(format!("record `{cname}/{id}` already exists")));
+        }
+        self.write(caller, cname, id, subject, jurisdiction, fields, WriteMode::Create, ctx).await
+    }
+
+    /// Updates fields of an existing record.
+    ///
+    /// # Errors
+    /// As [`Guard::create`], and [`GuardError::NotFound`].
+    pub async fn update(&self, caller: &Caller, collection: &str, id: &str, body: UpdateRecord, ctx: &RequestContext) -> Result<WriteResponse, GuardError> {
+        let (cname, _) = self.collection(collection)?;
+        let id = RecordId::new(id)?;
+        let fields = self.schema.validate_fields(cname, &body.fields, true)?;
+        let stored = self.vault.load(cname, &id)?;
+        self.write(caller, cname, id, stored.subject, stored.jurisdiction, fields, WriteMode::Update, ctx).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn write(
+        &self,
+        caller: &Caller,
+        cname: &CollectionName,
+        id: RecordId,
+        subject: SubjectId,
+        jurisdiction: Jurisdiction,
+        fields: custody_core::ValidatedFields,
+        mode: WriteMode,
+        ctx: &RequestContext,
+    ) -> Result<WriteResponse, GuardError> {
+        let (_, coll) = self.collection(cname.as_str())?;
+        let policies = self.policy.current();
+        let mut memo = Memo::new();
+        let mut denied = BTreeSet::new();
+        for fname in fields.keys() {
+            let Some(spec) = coll.fields.get(fname) else { continue };
+            let d = self.decide(&policies, caller, Action::Write, cname, &spec.class, &jurisdiction, Some(&subject), ctx, &mut memo);
+            if let ClassDecision::Deny(reason) = d {
+                denied.insert(FieldOutcome { field: fname.clone(), class: spec.class.clone(), reason: reason.to_string() });
+            }
+        }
+        let refs = [(&id, &subject)];
+        if !denied.is_empty() {
+            let event = self.event(&policies, caller, Action::Write, cname, &refs, [], denied.iter().cloned(), ctx);
+            let receipt = self.record(&event).await?;
+            return Err(GuardError::Forbidden { withheld: denied.iter().map(withheld_wire).collect(), receipt });
+        }
+        let event = self.event(&policies, caller, Action::Write, cname, &refs, fields.keys().cloned(), [], ctx);
+        let receipt = self.record(&event).await?;
+        let (vault, schema) = (self.vault.clone(), self.schema.clone());
+        let (c2, id2) = (cname.clone(), id.clone());
+        let written: Vec<String> = fields.keys().map(ToString::to_string).collect();
+        tokio::task::spawn_blocking(move || vault.write(&schema, &c2, &id2, &subject, &jurisdiction, &fields, mode))
+            .await
+            .map_err(|e| GuardError::Storage(e.to_string()))??;
+        Ok(WriteResponse { id: id.to_string(), written, receipt })
+    }
+
+    /// Deletes a record; every class it holds must permit `delete`.
+    ///
+    /// # Errors
+    /// [`GuardError::NotFound`], [`GuardError::Forbidden`].
+    pub async fn delete(&self, caller: &Caller, collection: &str, id: &str, ctx: &RequestContext) -> Result<WriteResponse, GuardError> {
+        let (cname, coll) = self.collection(collection)?;
+        let id = RecordId::new(id)?;
+        let stored = self.vault.load(cname, &id)?;
+        let policies = self.policy.current();
+        let mut memo = Memo::new();
+        let mut denied = BTreeSet::new();
+        let mut touched = Vec::new();
+        for (fname, spec) in &coll.fields {
+            if !stored.fields.contains_key(fname.as_str()) {
+                continue;
+            }
+            touched.push(fname.clone());
+            let d = self.decide(&policies, caller, Action::Delete, cname, &spec.class, &stored.jurisdiction, Some(&stored.subject), ctx, &mut memo);
+            if let ClassDecision::Deny(reason) = d {
+                denied.insert(FieldOutcome { field: fname.clone(), class: spec.class.clone(), reason: reason.to_string() });
+            }
+        }
+        let refs = [(&id, &stored.subject)];
+        if !denied.is_empty() {
+            let event = self.event(&policies, caller, Action::Delete, cname, &refs, [], denied.iter().cloned(), ctx);
+            let receipt = self.record(&event).await?;
+            return Err(GuardError::Forbidden { withheld: denied.iter().map(withheld_wire).collect(), receipt });
+        }
+        let event = self.event(&policies, caller, Action::Delete, cname, &refs, touched.iter().cloned(), [], ctx);
+        let receipt = self.record(&event).await?;
+        let vault = self.vault.clone();
+        let (c2, id2) = (cname.clone(), id.clone());
+        tokio::task::spawn_blocking(move || vault.delete(&c2, &id2)).await.map_err(|e| GuardError::Storage(e.to_string()))??;
+        Ok(WriteResponse { id: id.to_string(), written: touched.iter().map(ToString::to_string).collect(), receipt })
+    }
+}
+
+fn withheld_wire(w: &FieldOutcome) -> Withheld {
+    Withheld { field: w.field.to_string(), class: w.class.to_string(), reason: w.reason.clone() }
+}
+
+fn random_id() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    hex::encode(b)
+}

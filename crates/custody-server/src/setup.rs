@@ -1,0 +1,313 @@
+//! Opening a data dir and assembling the server.
+//!
+//! A data dir holds everything a node needs, laid out so that record storage and keys are
+//! apart:
+//!
+//! ```text
+//! custody-data/
+//!   records.redb        records, blind index, principals
+//!   keys/               mode 0700
+//!     kek               the provider's key-encryption key, mode 0600
+//!     keys.redb         wrapped subject DEKs and system keys
+//!   audit/events.jsonl  durable access events (hash-chained)
+//!   schema.toml         seeded from the sample deployment on first start
+//!   policies/*.cedar    seeded likewise
+//!   admin.sock          operator socket while the server runs (mode 0600)
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use custody_audit::{AuditSink, FileAuditSink, FileSinkOptions};
+use custody_core::{Jurisdiction, Schema};
+use custody_crypto::FileKeyProvider;
+use custody_policy::PolicyEngine;
+use custody_vault::{RedbStore, Vault};
+
+use crate::auth::Authenticator;
+use crate::guard::Guard;
+use crate::metrics::Metrics;
+
+/// The sample deployment's schema, seeded into a new data dir.
+pub const SAMPLE_SCHEMA: &str = include_str!("../../../deploy/sample/schema.toml");
+/// The sample deployment's policies, seeded into a new data dir.
+pub const SAMPLE_POLICIES: &[(&str, &str)] = &[
+    ("00-public.cedar", include_str!("../../../deploy/sample/policies/00-public.cedar")),
+    ("10-engineers.cedar", include_str!("../../../deploy/sample/policies/10-engineers.cedar")),
+    ("20-workloads.cedar", include_str!("../../../deploy/sample/policies/20-workloads.cedar")),
+    ("30-subjects.cedar", include_str!("../../../deploy/sample/policies/30-subjects.cedar")),
+    ("90-boundary.cedar", include_str!("../../../deploy/sample/policies/90-boundary.cedar")),
+];
+
+/// Why the server could not start. Each names the file or setting at fault.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum SetupError {
+    /// A file or directory could not be created or read.
+    #[error("`{path}`: {source}")]
+    Io {
+        /// The path.
+        path: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The schema file is unusable.
+    #[error("schema `{path}`: {source}")]
+    Schema {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        source: custody_core::SchemaFileError,
+    },
+    /// The policy set is unusable.
+    #[error(transparent)]
+    Policy(#[from] custody_policy::PolicyError),
+    /// The vault could not be opened.
+    #[error(transparent)]
+    Vault(#[from] custody_vault::VaultError),
+    /// The key file is unusable.
+    #[error(transparent)]
+    Crypto(#[from] custody_crypto::CryptoError),
+    /// The audit sink could not be opened.
+    #[error(transparent)]
+    Audit(#[from] custody_audit::AuditError),
+}
+
+/// The resolved settings the server runs with.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where all state lives.
+    pub data_dir: PathBuf,
+    /// The API's listen address.
+    pub listen: SocketAddr,
+    /// The jurisdiction this boundary serves.
+    pub jurisdiction: Jurisdiction,
+    /// The schema file; `None` means `<data_dir>/schema.toml`, seeded from the sample.
+    pub schema: Option<PathBuf>,
+    /// The policy directory; `None` means `<data_dir>/policies`, seeded from the sample.
+    pub policy_dir: Option<PathBuf>,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Most audit events written per sync.
+    pub audit_max_batch: usize,
+}
+
+impl ServerConfig {
+    /// Defaults for a data dir (loopback, `US`, 1 MiB bodies).
+    pub fn for_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8750)),
+            jurisdiction: Jurisdiction::new("US").unwrap_or_else(|_| unreachable_jurisdiction()),
+            schema: None,
+            policy_dir: None,
+            max_body_bytes: 1 << 20,
+            audit_max_batch: 4096,
+        }
+    }
+}
+
+#[allow(clippy::panic)]
+fn unreachable_jurisdiction() -> Jurisdiction {
+    // INVARIANT: "US" is a valid jurisdiction code; this is never reached.
+    panic!("`US` is a valid jurisdiction")
+}
+
+/// The paths inside a data dir.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    /// The root.
+    pub root: PathBuf,
+    /// Key storage, apart from records.
+    pub keys: PathBuf,
+    /// The KEK file.
+    pub kek: PathBuf,
+    /// The audit event file.
+    pub events: PathBuf,
+    /// The schema file in use.
+    pub schema: PathBuf,
+    /// The policy directory in use.
+    pub policies: PathBuf,
+    /// The operator socket.
+    pub admin_socket: PathBuf,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SetupError + '_ {
+    move |source| SetupError::Io { path: path.display().to_string(), source }
+}
+
+#[cfg(unix)]
+fn set_mode(path: &Path, mode: u32) -> Result<(), SetupError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io(path))
+}
+
+#[cfg(not(unix))]
+fn set_mode(_: &Path, _: u32) -> Result<(), SetupError> {
+    Ok(())
+}
+
+impl DataDir {
+    /// Creates the layout if needed (seeding the sample schema and policies when the config
+    /// does not name its own) and returns its paths.
+    ///
+    /// # Errors
+    /// [`SetupError::Io`] naming the path that could not be created.
+    pub fn prepare(cfg: &ServerConfig) -> Result<Self, SetupError> {
+        let root = cfg.data_dir.clone();
+        std::fs::create_dir_all(&root).map_err(io(&root))?;
+        let keys = root.join("keys");
+        std::fs::create_dir_all(&keys).map_err(io(&keys))?;
+        set_mode(&keys, 0o700)?;
+        let audit = root.join("audit");
+        std::fs::create_dir_all(&audit).map_err(io(&audit))?;
+        let schema = match &cfg.schema {
+            Some(p) => p.clone(),
+            None => {
+                let p = root.join("schema.toml");
+                if !p.exists() {
+                    std::fs::write(&p, SAMPLE_SCHEMA).map_err(io(&p))?;
+                }
+                p
+            }
+        };
+        let policies = match &cfg.policy_dir {
+            Some(p) => p.clone(),
+            None => {
+                let p = root.join("policies");
+                if !p.exists() {
+                    std::fs::create_dir_all(&p).map_err(io(&p))?;
+                    for (name, text) in SAMPLE_POLICIES {
+                        let f = p.join(name);
+                        std::fs::write(&f, text).map_err(io(&f))?;
+                    }
+                }
+                p
+            }
+        };
+        Ok(Self {
+            kek: keys.join("kek"),
+            events: audit.join("events.jsonl"),
+            admin_socket: root.join("admin.sock"),
+            keys,
+            schema,
+            policies,
+            root,
+        })
+    }
+}
+
+/// Everything a running server holds.
+pub struct ServerState {
+    /// The guarded path.
+    pub guard: Guard,
+    /// Token checking.
+    pub auth: Authenticator,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The policy engine (for reloads).
+    pub policy: Arc<PolicyEngine>,
+    /// The resolved config.
+    pub config: ServerConfig,
+    /// The data dir's paths.
+    pub dirs: DataDir,
+}
+
+impl std::fmt::Debug for ServerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerState").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl ServerState {
+    /// Opens the data dir with the file audit sink.
+    ///
+    /// # Errors
+    /// Any [`SetupError`], naming what is wrong.
+    pub fn open(cfg: ServerConfig) -> Result<Arc<Self>, SetupError> {
+        let dirs = DataDir::prepare(&cfg)?;
+        let sink = FileAuditSink::open(&dirs.events, FileSinkOptions { max_batch: cfg.audit_max_batch, ..Default::default() })?;
+        Self::open_with_sink(cfg, dirs, Arc::new(sink))
+    }
+
+    /// Opens the data dir with a given audit sink (the transparency log plugs in here).
+    ///
+    /// # Errors
+    /// Any [`SetupError`].
+    pub fn open_with_sink(cfg: ServerConfig, dirs: DataDir, sink: Arc<dyn AuditSink>) -> Result<Arc<Self>, SetupError> {
+        let text = std::fs::read_to_string(&dirs.schema).map_err(io(&dirs.schema))?;
+        let schema = Arc::new(
+            Schema::from_toml(&text).map_err(|source| SetupError::Schema { path: dirs.schema.display().to_string(), source })?,
+        );
+        let policy = Arc::new(PolicyEngine::load_dir(cfg.jurisdiction.clone(), &dirs.policies)?);
+        let provider = Arc::new(FileKeyProvider::open_or_create(&dirs.kek)?);
+        let store = Arc::new(RedbStore::open(&dirs.root, &dirs.keys)?);
+        let vault = Arc::new(Vault::new(store.clone(), store.clone(), provider)?);
+        let metrics = Arc::new(Metrics::new());
+        let guard = Guard::new(schema, vault, policy.clone(), sink, metrics.clone());
+        let auth = Authenticator::new(store, policy.clone());
+        Ok(Arc::new(Self { guard, auth, metrics, policy, config: cfg, dirs }))
+    }
+
+    /// Reloads the policy directory; a broken set is refused and the old one stays.
+    ///
+    /// # Errors
+    /// [`custody_policy::PolicyError`] with Cedar's diagnostics.
+    pub fn reload_policies(&self) -> Result<Arc<custody_policy::LoadedPolicies>, custody_policy::PolicyError> {
+        match self.policy.reload_dir(&self.dirs.policies) {
+            Ok(set) => {
+                tracing::info!(policy_set = %set.hash(), policies = set.ids().len(), "policy set reloaded");
+                Ok(set)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "policy reload refused; the previous set stays in force");
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Serves the API on `listener` and the operator API on the data dir's socket until
+/// `shutdown` resolves.
+///
+/// # Errors
+/// The listener or socket failed.
+pub async fn serve(
+    state: Arc<ServerState>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let sock = state.dirs.admin_socket.clone();
+    let _ = std::fs::remove_file(&sock);
+    let admin_listener = tokio::net::UnixListener::bind(&sock)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))?;
+    }
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let mut rx2 = rx.clone();
+    let admin = tokio::spawn(
+        axum::serve(admin_listener, crate::admin::router(state.clone()))
+            .with_graceful_shutdown(async move {
+                let _ = rx2.wait_for(|v| *v).await;
+            })
+            .into_future(),
+    );
+    let mut rx3 = rx;
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = tx.send(true);
+    });
+    let result = axum::serve(listener, crate::api::app(state.clone()))
+        .with_graceful_shutdown(async move {
+            let _ = rx3.wait_for(|v| *v).await;
+        })
+        .await;
+    let _ = admin.await;
+    let _ = std::fs::remove_file(&sock);
+    result
+}
