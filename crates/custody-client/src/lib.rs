@@ -1,1 +1,182 @@
-//! placeholder
+//! # custody-client
+//!
+//! A small async client for custody's HTTP API, used by the end-to-end tests and by clips.
+//! It speaks the JSON types of [`custody_api`] and turns problem documents into
+//! [`ClientError::Api`], so callers can match on the status and stable problem type.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use thiserror::Error;
+
+pub use custody_api::{
+    BatchGet, CreateRecord, ListResponse, Problem, ReadResponse, Receipt, RecordView, Search, UpdateRecord, Withheld,
+    WriteResponse,
+};
+
+/// What went wrong talking to custody.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// custody answered with a problem document.
+    #[error("custody answered {status}: {}", problem.detail)]
+    Api {
+        /// The HTTP status.
+        status: StatusCode,
+        /// The problem document.
+        problem: Box<Problem>,
+    },
+    /// The request could not be sent or the answer not read.
+    #[error("transport: {0}")]
+    Transport(#[from] reqwest::Error),
+    /// The answer was not the expected JSON.
+    #[error("unexpected answer ({status}): {body}")]
+    Decode {
+        /// The HTTP status.
+        status: StatusCode,
+        /// The first bytes of the body.
+        body: String,
+    },
+}
+
+impl ClientError {
+    /// The HTTP status, when custody answered.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            ClientError::Api { status, .. } | ClientError::Decode { status, .. } => Some(*status),
+            ClientError::Transport(e) => e.status(),
+        }
+    }
+
+    /// The problem document, when custody sent one.
+    pub fn problem(&self) -> Option<&Problem> {
+        match self {
+            ClientError::Api { problem, .. } => Some(problem),
+            _ => None,
+        }
+    }
+}
+
+/// The stated reason for requests: purpose, justification and approvals.
+#[derive(Debug, Clone, Default)]
+pub struct Reason {
+    /// Why the data is needed.
+    pub purpose: Option<String>,
+    /// A ticket or incident reference.
+    pub justification: Option<String>,
+    /// Approvals gathered.
+    pub approvals: Vec<String>,
+}
+
+impl Reason {
+    /// A purpose and a justification.
+    pub fn new(purpose: impl Into<String>, justification: impl Into<String>) -> Self {
+        Self { purpose: Some(purpose.into()), justification: Some(justification.into()), approvals: Vec::new() }
+    }
+}
+
+/// A client bound to one custody server and one principal's token.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+    reason: Reason,
+}
+
+impl Client {
+    /// A client for `base` (e.g. `http://127.0.0.1:8750`) authenticating with `token`.
+    ///
+    /// # Errors
+    /// [`ClientError::Transport`] if the HTTP client cannot be built.
+    pub fn new(base: impl Into<String>, token: impl Into<String>) -> Result<Self, ClientError> {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+        Ok(Self { http, base: base.into().trim_end_matches('/').to_string(), token: token.into(), reason: Reason::default() })
+    }
+
+    /// The same client stating `reason` on every request.
+    pub fn with_reason(&self, reason: Reason) -> Self {
+        Self { reason, ..self.clone() }
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&B>) -> Result<T, ClientError> {
+        let mut req = self.http.request(method, format!("{}{}", self.base, path)).bearer_auth(&self.token);
+        if let Some(p) = &self.reason.purpose {
+            req = req.header("custody-purpose", p);
+        }
+        if let Some(j) = &self.reason.justification {
+            req = req.header("custody-justification", j);
+        }
+        if !self.reason.approvals.is_empty() {
+            req = req.header("custody-approvals", self.reason.approvals.join(","));
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        let bytes = resp.bytes().await?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes)
+                .map_err(|_| ClientError::Decode { status, body: String::from_utf8_lossy(&bytes).chars().take(200).collect() });
+        }
+        match serde_json::from_slice::<Problem>(&bytes) {
+            Ok(problem) => Err(ClientError::Api { status, problem: Box::new(problem) }),
+            Err(_) => Err(ClientError::Decode { status, body: String::from_utf8_lossy(&bytes).chars().take(200).collect() }),
+        }
+    }
+
+    /// Creates a record about `subject`.
+    ///
+    /// # Errors
+    /// [`ClientError`]; a denial is `Api` with status 403.
+    pub async fn create(&self, collection: &str, id: Option<&str>, subject: &str, fields: Map<String, Value>) -> Result<WriteResponse, ClientError> {
+        let body = CreateRecord { id: id.map(str::to_string), subject: Some(subject.to_string()), jurisdiction: None, fields };
+        self.call(Method::POST, &format!("/v1/collections/{collection}/records"), Some(&body)).await
+    }
+
+    /// Reads one record.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn get(&self, collection: &str, id: &str) -> Result<ReadResponse, ClientError> {
+        self.call::<(), _>(Method::GET, &format!("/v1/collections/{collection}/records/{id}"), None).await
+    }
+
+    /// Updates fields of a record.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn update(&self, collection: &str, id: &str, fields: Map<String, Value>) -> Result<WriteResponse, ClientError> {
+        self.call(Method::PATCH, &format!("/v1/collections/{collection}/records/{id}"), Some(&UpdateRecord { fields })).await
+    }
+
+    /// Deletes a record.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn delete(&self, collection: &str, id: &str) -> Result<WriteResponse, ClientError> {
+        self.call::<(), _>(Method::DELETE, &format!("/v1/collections/{collection}/records/{id}"), None).await
+    }
+
+    /// Reads up to 100 records.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn batch_get(&self, collection: &str, ids: &[&str]) -> Result<ListResponse, ClientError> {
+        let body = BatchGet { ids: ids.iter().map(|s| s.to_string()).collect() };
+        self.call(Method::POST, &format!("/v1/collections/{collection}/batch-get"), Some(&body)).await
+    }
+
+    /// Finds records whose searchable `field` equals `value`.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn search(&self, collection: &str, field: &str, value: Value) -> Result<ListResponse, ClientError> {
+        let body = Search { field: field.to_string(), value, limit: None };
+        self.call(Method::POST, &format!("/v1/collections/{collection}/search"), Some(&body)).await
+    }
+}

@@ -16,8 +16,8 @@ pub mod error;
 pub mod guard;
 pub mod metrics;
 pub mod setup;
-pub mod wire;
 
+pub use custody_api as wire;
 pub use error::ApiError;
 pub use guard::{Guard, GuardError};
 pub use setup::{DataDir, ServerConfig, ServerState};

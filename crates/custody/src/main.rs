@@ -1,1 +1,82 @@
-fn main() {}
+//! `custody`: the trusted-provider data boundary's server and command line.
+//!
+//! One binary: `custody serve` runs the guarded API; the other subcommands administer a data
+//! dir (principals, policies) either through a running server's operator socket or, when no
+//! server runs, directly.
+
+mod admin_client;
+mod cmd;
+mod config;
+mod exit;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::SettingArgs;
+use crate::exit::Exit;
+
+/// custody: a jurisdiction's user data, held by a trusted provider, every access decided by
+/// Cedar policy and recorded before anything is released.
+#[derive(Debug, Parser)]
+#[command(name = "custody", version, propagate_version = true, max_term_width = 100)]
+#[command(after_help = "Settings come from flags, then CUSTODY_* environment variables, then custody.toml, \
+then defaults. Start with `custody serve`; add principals with `custody principal add`.")]
+struct Cli {
+    #[command(flatten)]
+    settings: SettingArgs,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Human, global = true, env = "CUSTODY_FORMAT")]
+    format: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// How commands print their results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// Readable text.
+    Human,
+    /// One JSON document.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the guarded API (creates and seeds the data dir on first start)
+    Serve,
+    /// Create the data dir, its key file and the sample schema and policies, then exit
+    Init,
+    /// Register, revoke and list principals
+    #[command(subcommand)]
+    Principal(cmd::principal::PrincipalCmd),
+    /// Check and reload Cedar policy sets
+    #[command(subcommand)]
+    Policy(cmd::policy::PolicyCmd),
+    /// Measure guarded vs unguarded reads over loopback HTTP
+    Bench(cmd::bench::BenchArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let settings = match config::Settings::resolve(&cli.settings) {
+        Ok(s) => s,
+        Err(problems) => {
+            eprint!("custody: {problems}");
+            return Exit::BadInput.into();
+        }
+    };
+    let result = match cli.command {
+        Command::Serve => cmd::serve::run(&settings),
+        Command::Init => cmd::serve::init(&settings, cli.format),
+        Command::Principal(c) => cmd::principal::run(&settings, cli.format, c),
+        Command::Policy(c) => cmd::policy::run(&settings, cli.format, c),
+        Command::Bench(a) => cmd::bench::run(&settings, cli.format, a),
+    };
+    match result {
+        Ok(()) => Exit::Ok.into(),
+        Err(e) => {
+            let code = e.downcast_ref::<exit::Failure>().map_or(Exit::Error, |f| f.0);
+            eprintln!("custody: {e:#}");
+            code.into()
+        }
+    }
+}

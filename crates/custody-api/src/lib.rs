@@ -1,5 +1,8 @@
-//! Request and response bodies of the HTTP API, shared with the client crate's users
-//! through their JSON shape (and described in `/openapi.json`).
+//! # custody-api
+//!
+//! The request and response bodies of custody's HTTP API, in a crate of their own so the
+//! server and the Rust client share one definition (and `/openapi.json` describes exactly
+//! these types) without the client depending on server code.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};

@@ -1,0 +1,210 @@
+//! `custody bench`: guarded vs unguarded reads over loopback HTTP, side by side in one run.
+//!
+//! It starts a real custody API on an ephemeral loopback port over a fresh temporary data dir,
+//! plus a baseline endpoint that reads the same records from the same vault with no policy
+//! decision and no audit event. Then it drives both with the same number of concurrent
+//! clients, alternating rounds so machine noise hits both alike, and prints req/s, p50, p99.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::extract::{Path, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use custody_core::{CollectionName, RecordId};
+use custody_server::admin::{add_principal, NewPrincipal};
+use custody_server::{ServerConfig, ServerState};
+
+use crate::config::Settings;
+use crate::Format;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct BenchArgs {
+    /// Concurrent HTTP clients
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Seconds per measured round
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Rounds per target (alternating guarded and unguarded)
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    /// Profiles to seed
+    #[arg(long, default_value_t = 1000)]
+    records: usize,
+}
+
+/// One round's figures.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Figures {
+    target: &'static str,
+    requests: usize,
+    errors: usize,
+    req_per_s: f64,
+    p50_us: u64,
+    p99_us: u64,
+}
+
+/// A ~1 KB profile with 3 protected fields.
+pub(crate) fn profile(n: usize) -> serde_json::Map<String, serde_json::Value> {
+    let v = json!({
+        "email": format!("user{n}@example.com"),
+        "phone": format!("+1-555-{:07}", n),
+        "birthdate": "1990-04-01",
+        "handle": format!("user{n}"),
+        "display_name": format!("User Number {n}"),
+        "bio": "short videos about cooking, travel and the occasional cat. ".repeat(14),
+        "avatar_url": format!("https://cdn.clips.example/avatars/{n}.jpg"),
+    });
+    v.as_object().cloned().unwrap_or_default()
+}
+
+type Baseline = Arc<ServerState>;
+
+async fn unguarded(State(s): State<Baseline>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, axum::http::StatusCode> {
+    let bad = |_| axum::http::StatusCode::BAD_REQUEST;
+    let c = CollectionName::new("profiles").map_err(bad)?;
+    let id = RecordId::new(id).map_err(bad)?;
+    let v = s.guard.vault();
+    let stored = v.load(&c, &id).map_err(|_| axum::http::StatusCode::NOT_FOUND)?;
+    let opened = v.open(s.guard.schema(), &c, &id, &stored, |_| true).map_err(|_| axum::http::StatusCode::INTERNAL_SERVER_ERROR)?;
+    let fields: serde_json::Map<_, _> = opened.fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    Ok(Json(json!({"record": {"id": id.as_str(), "fields": fields}})))
+}
+
+pub(crate) fn run(settings: &Settings, format: Format, args: BenchArgs) -> anyhow::Result<()> {
+    super::init_tracing("warn");
+    let rt = super::runtime()?;
+    rt.block_on(bench(settings, format, args))
+}
+
+async fn bench(settings: &Settings, format: Format, args: BenchArgs) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut cfg = ServerConfig::for_data_dir(dir.path().join("data"));
+    cfg.jurisdiction = settings.server.jurisdiction.clone();
+    let state = ServerState::open(cfg)?;
+    let store = state.auth.store().clone();
+    let loc = settings.server.jurisdiction.to_string();
+    let app = add_principal(store.as_ref(), NewPrincipal {
+        id: "bench-app".into(), kind: "workload".into(), location: loc.clone(), employer: "platform".into(),
+        roles: vec!["app-backend".into()], subject: None, tags: Default::default(),
+    })?;
+    let eng = add_principal(store.as_ref(), NewPrincipal {
+        id: "bench-engineer".into(), kind: "engineer".into(), location: loc, employer: "provider".into(),
+        roles: vec!["support".into()], subject: None, tags: Default::default(),
+    })?;
+
+    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let api_addr = api.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(custody_server::setup::serve(state.clone(), api, async {
+        let _ = stop_rx.await;
+    }));
+    let base_l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base_addr = base_l.local_addr()?;
+    let baseline = Router::new().route("/profiles/{id}", get(unguarded)).with_state(state.clone());
+    let base_server = tokio::spawn(async move { axum::serve(base_l, baseline).await });
+
+    let seeder = custody_client::Client::new(format!("http://{api_addr}"), app.token)?;
+    let bar = ProgressBar::new(args.records as u64)
+        .with_style(ProgressStyle::with_template("seeding {bar:40} {pos}/{len} profiles {per_sec}")?);
+    for n in 0..args.records {
+        seeder.create("profiles", Some(&format!("p{n}")), &format!("subject-{n}"), profile(n)).await.context("seeding")?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+
+    let http = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency * 2).build()?;
+    let mut results = Vec::new();
+    for round in 0..args.rounds {
+        for target in ["unguarded", "guarded"] {
+            let url = match target {
+                "guarded" => format!("http://{api_addr}/v1/collections/profiles/records/"),
+                _ => format!("http://{base_addr}/profiles/"),
+            };
+            let spinner = ProgressBar::new_spinner().with_message(format!("round {} {target}", round + 1));
+            spinner.enable_steady_tick(Duration::from_millis(200));
+            let f = drive(&http, &url, &eng.token, target, args.concurrency, Duration::from_secs(args.seconds), args.records).await;
+            spinner.finish_and_clear();
+            results.push(f);
+        }
+    }
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    base_server.abort();
+
+    let best = |t: &str| results.iter().filter(|f| f.target == t).map(|f| f.req_per_s).fold(0.0, f64::max);
+    let ratio = best("guarded") / best("unguarded").max(1.0);
+    match format {
+        Format::Json => println!("{}", json!({
+            "concurrency": args.concurrency, "seconds": args.seconds, "records": args.records,
+            "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "rounds": results, "guarded_over_unguarded_throughput": ratio,
+        })),
+        Format::Human => {
+            println!("guarded vs unguarded reads over loopback HTTP: {} clients, {} s rounds, {} profiles (~1 KB, 3 protected fields)", args.concurrency, args.seconds, args.records);
+            println!("{:<10} {:>9} {:>7} {:>10} {:>9} {:>9}", "target", "requests", "errors", "req/s", "p50 µs", "p99 µs");
+            for f in &results {
+                println!("{:<10} {:>9} {:>7} {:>10.0} {:>9} {:>9}", f.target, f.requests, f.errors, f.req_per_s, f.p50_us, f.p99_us);
+            }
+            println!("guarded throughput is {:.2}x unguarded (best rounds)", ratio);
+        }
+    }
+    Ok(())
+}
+
+async fn drive(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    target: &'static str,
+    clients: usize,
+    dur: Duration,
+    records: usize,
+) -> Figures {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (http, url, token) = (http.clone(), url.to_string(), token.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0usize;
+            let mut n = c;
+            while start.elapsed() < dur {
+                let t = Instant::now();
+                let r = http
+                    .get(format!("{url}p{}", n % records.max(1)))
+                    .bearer_auth(&token)
+                    .header("custody-purpose", "support")
+                    .header("custody-justification", "BENCH-1")
+                    .send()
+                    .await;
+                match r {
+                    Ok(resp) if resp.status().is_success() => {
+                        let _ = resp.bytes().await;
+                        lat.push(t.elapsed().as_micros() as u64);
+                    }
+                    _ => errors += 1,
+                }
+                n += clients;
+            }
+            (lat, errors)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        if let Ok((l, e)) = t.await {
+            all.extend(l);
+            errors += e;
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    all.sort_unstable();
+    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0);
+    Figures { target, requests: all.len(), errors, req_per_s: all.len() as f64 / elapsed, p50_us: pct(0.50), p99_us: pct(0.99) }
+}

@@ -1,0 +1,137 @@
+//! `custody principal add|revoke|list`.
+
+use std::collections::BTreeMap;
+
+use clap::Subcommand;
+use custody_server::admin::{self, AdminError, NewPrincipal};
+use custody_server::DataDir;
+use custody_vault::RedbStore;
+
+use crate::admin_client;
+use crate::config::Settings;
+use crate::exit::{fail, Exit};
+use crate::Format;
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PrincipalCmd {
+    /// Register a principal and print its bearer token (shown once; only its hash is kept)
+    Add {
+        /// Principal id, e.g. `alice` or `svc:clips`
+        #[arg(long)]
+        id: String,
+        /// engineer, workload, subject or monitor
+        #[arg(long)]
+        kind: String,
+        /// Where the principal is: a jurisdiction code such as US
+        #[arg(long)]
+        location: String,
+        /// Employer, e.g. `provider` or `platform`
+        #[arg(long, default_value = "")]
+        employer: String,
+        /// A role; repeat for several
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// For subject principals: the subject id they are
+        #[arg(long)]
+        subject: Option<String>,
+        /// Further attribute for policies as KEY=VALUE (a Cedar tag); repeat for several
+        #[arg(long = "attr", value_parser = parse_attr)]
+        attrs: Vec<(String, String)>,
+    },
+    /// Revoke a principal; its next request is refused
+    Revoke {
+        /// Principal id
+        id: String,
+    },
+    /// List principals
+    List,
+}
+
+fn parse_attr(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
+}
+
+fn admin_fail(e: AdminError) -> anyhow::Error {
+    match e {
+        AdminError::Invalid(m) => fail(Exit::BadInput, m),
+        AdminError::Exists(_) | AdminError::NotFound(_) => fail(Exit::Refused, e.to_string()),
+        other => fail(Exit::Error, other.to_string()),
+    }
+}
+
+fn answer(a: admin_client::Answer) -> anyhow::Result<serde_json::Value> {
+    if (200..300).contains(&a.status) {
+        return Ok(a.body);
+    }
+    let detail = a.body.get("detail").and_then(|d| d.as_str()).unwrap_or("request failed").to_string();
+    let code = match a.status {
+        400 | 422 => Exit::BadInput,
+        404 | 409 => Exit::Refused,
+        _ => Exit::Error,
+    };
+    Err(fail(code, detail))
+}
+
+pub(crate) fn run(settings: &Settings, format: Format, cmd: PrincipalCmd) -> anyhow::Result<()> {
+    let dirs = DataDir::prepare(&settings.server).map_err(|e| fail(Exit::Error, e.to_string()))?;
+    let rt = super::runtime()?;
+    let online = rt.block_on(admin_client::server_running(&dirs.admin_socket));
+    let value = match cmd {
+        PrincipalCmd::Add { id, kind, location, employer, roles, subject, attrs } => {
+            let req = NewPrincipal { id, kind, location, employer, roles, subject, tags: attrs.into_iter().collect::<BTreeMap<_, _>>() };
+            if online {
+                answer(rt.block_on(admin_client::call(&dirs.admin_socket, "POST", "/admin/principals", Some(serde_json::to_value(&req)?)))?)?
+            } else {
+                let store = RedbStore::open(&dirs.root, &dirs.keys)?;
+                serde_json::to_value(admin::add_principal(&store, req).map_err(admin_fail)?)?
+            }
+        }
+        PrincipalCmd::Revoke { id } => {
+            if online {
+                answer(rt.block_on(admin_client::call(&dirs.admin_socket, "POST", &format!("/admin/principals/{id}/revoke"), None))?)?
+            } else {
+                let store = RedbStore::open(&dirs.root, &dirs.keys)?;
+                serde_json::to_value(admin::revoke_principal(&store, &id).map_err(admin_fail)?)?
+            }
+        }
+        PrincipalCmd::List => {
+            if online {
+                answer(rt.block_on(admin_client::call(&dirs.admin_socket, "GET", "/admin/principals", None))?)?
+            } else {
+                let store = RedbStore::open(&dirs.root, &dirs.keys)?;
+                serde_json::to_value(admin::list_principals(&store).map_err(admin_fail)?)?
+            }
+        }
+    };
+    print(format, &value);
+    Ok(())
+}
+
+fn print(format: Format, v: &serde_json::Value) {
+    if format == Format::Json {
+        println!("{v}");
+        return;
+    }
+    if let Some(token) = v.get("token").and_then(|t| t.as_str()) {
+        let p = &v["principal"];
+        println!("added {} {} (location {})", p["kind"].as_str().unwrap_or(""), p["id"].as_str().unwrap_or(""), p["attrs"]["location"].as_str().unwrap_or(""));
+        println!("token (shown once, store it now):");
+        println!("{token}");
+    } else if let Some(list) = v.as_array() {
+        for p in list {
+            println!(
+                "{:<24} {:<9} {:<4} {:<10} {}{}",
+                p["id"].as_str().unwrap_or(""),
+                p["kind"].as_str().unwrap_or(""),
+                p["attrs"]["location"].as_str().unwrap_or(""),
+                p["attrs"]["employer"].as_str().unwrap_or(""),
+                p["attrs"]["roles"].as_array().map(|r| r.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(",")).unwrap_or_default(),
+                if p["revoked"].as_bool() == Some(true) { "  (revoked)" } else { "" },
+            );
+        }
+    } else if v.get("revoked").is_some() {
+        println!("revoked {}", v["id"].as_str().unwrap_or(""));
+    } else {
+        println!("{v}");
+    }
+}
