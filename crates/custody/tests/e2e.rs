@@ -1,0 +1,300 @@
+//! End-to-end tests: a real `custody serve` process over real HTTP on loopback.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use custody_client::{Client, ClientError, Reason};
+use serde_json::{json, Map, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_custody");
+
+struct Server {
+    child: Child,
+    dir: tempfile::TempDir,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Server {
+    fn start() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = Command::new(BIN)
+            .args(["--data-dir", dir.path().join("data").to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}"), "serve"])
+            .env("CUSTODY_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        let s = Server { child, dir, base };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() || !s.data().join("admin.sock").exists() {
+            assert!(Instant::now() < deadline, "server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        s
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN).arg("--data-dir").arg(self.data()).args(args).output().unwrap()
+    }
+
+    fn principal(&self, id: &str, kind: &str, location: &str, extra: &[&str]) -> String {
+        let mut args = vec!["--format", "json", "principal", "add", "--id", id, "--kind", kind, "--location", location];
+        args.extend_from_slice(extra);
+        let out = self.cli(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["token"].as_str().unwrap().to_string()
+    }
+
+    fn client(&self, token: &str) -> Client {
+        Client::new(&self.base, token).unwrap()
+    }
+}
+
+fn fields(v: Value) -> Map<String, Value> {
+    v.as_object().unwrap().clone()
+}
+
+fn status(e: &ClientError) -> u16 {
+    e.status().unwrap().as_u16()
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else if p.is_file() {
+            out.push(p);
+        }
+    }
+    out
+}
+
+struct Cast {
+    app: Client,
+    engineer: Client,
+    abroad: Client,
+    monitor: Client,
+}
+
+fn cast(s: &Server) -> Cast {
+    Cast {
+        app: s.client(&s.principal("clips-backend", "workload", "US", &["--role", "app-backend"])),
+        engineer: s.client(&s.principal("alice", "engineer", "US", &["--employer", "provider", "--role", "support"]))
+            .with_reason(Reason::new("support", "TICKET-42")),
+        abroad: s.client(&s.principal("dieter", "engineer", "DE", &["--employer", "provider"]))
+            .with_reason(Reason::new("support", "TICKET-43")),
+        monitor: s.client(&s.principal("auditor", "monitor", "US", &[])),
+    }
+}
+
+async fn seed(app: &Client, id: &str, subject: &str, canary: &str) {
+    app.create(
+        "profiles",
+        Some(id),
+        subject,
+        fields(json!({"email": format!("{canary}@mail.example"), "phone": format!("+1{canary}"), "handle": format!("h{id}"), "bio": "hello"})),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permit_withhold_and_deny() {
+    let s = Server::start();
+    let c = cast(&s);
+    seed(&c.app, "u1", "subj-1", "canary-a1").await;
+
+    // In-jurisdiction engineer with purpose and justification: everything.
+    let r = c.engineer.get("profiles", "u1").await.unwrap();
+    assert_eq!(r.record.fields["email"], "canary-a1@mail.example");
+    assert!(r.record.withheld.is_empty());
+
+    // Same engineer without a justification: public only, protected withheld by default deny.
+    let bare = s.client(&s.principal("bare", "engineer", "US", &["--employer", "provider"]));
+    let r = bare.get("profiles", "u1").await.unwrap();
+    assert_eq!(r.record.fields.keys().collect::<Vec<_>>(), ["bio", "handle"]);
+    assert!(r.record.withheld.iter().all(|w| w.class == "protected" && w.reason == "default-deny"));
+
+    // Engineer abroad: public only; the forbidding policy is named.
+    let r = c.abroad.get("profiles", "u1").await.unwrap();
+    assert!(!r.record.fields.contains_key("email"));
+    let w: Vec<_> = r.record.withheld.iter().map(|w| (w.field.as_str(), w.reason.as_str())).collect();
+    assert!(w.contains(&("email", "forbidden-by:no-protected-outside-jurisdiction")), "{w:?}");
+
+    // Nothing permitted: 403 with the withheld list and the receipt of the logged deny.
+    let e = c.engineer.create("profiles", Some("x"), "subj-9", fields(json!({"handle": "x"}))).await.unwrap_err();
+    assert_eq!(status(&e), 403);
+    let p = e.problem().unwrap();
+    assert_eq!(p.kind, "urn:custody:problem:forbidden");
+    assert!(p.receipt.is_some());
+    let e = bare.search("profiles", "email", json!("canary-a1@mail.example")).await.unwrap_err();
+    assert_eq!(status(&e), 403);
+    assert!(!serde_json::to_string(e.problem().unwrap()).unwrap().contains("canary-a1"));
+
+    // Search through the blind index, permitted.
+    let l = c.engineer.search("profiles", "email", json!("canary-a1@mail.example")).await.unwrap();
+    assert_eq!(l.records.len(), 1);
+    assert_eq!(l.records[0].id, "u1");
+
+    // Batch get with a missing id.
+    seed(&c.app, "u2", "subj-2", "canary-a2").await;
+    let l = c.monitor.batch_get("profiles", &["u1", "u2", "nope"]).await.unwrap();
+    assert_eq!(l.records.len(), 2);
+    assert_eq!(l.missing, ["nope"]);
+    assert!(l.records.iter().all(|r| !r.fields.contains_key("email")));
+
+    // Update and delete by the workload.
+    c.app.update("profiles", "u2", fields(json!({"email": "new@mail.example"}))).await.unwrap();
+    assert_eq!(c.engineer.get("profiles", "u2").await.unwrap().record.fields["email"], "new@mail.example");
+    c.app.delete("profiles", "u2").await.unwrap();
+    assert_eq!(status(&c.engineer.get("profiles", "u2").await.unwrap_err()), 404);
+
+    // Every decision above is in the event file, with pseudonyms only.
+    let events = std::fs::read_to_string(s.data().join("audit/events.jsonl")).unwrap();
+    let n = events.lines().count();
+    assert!(n >= 10, "{n} events");
+    assert!(!events.contains("subj-1") && !events.contains("\"u1\""), "ids must appear only as pseudonyms");
+    assert!(events.contains("\"decision\":\"deny\"") && events.contains("\"decision\":\"partial\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_and_revoked_get_401() {
+    let s = Server::start();
+    let c = cast(&s);
+    seed(&c.app, "u1", "subj-1", "canary-b").await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/collections/profiles/records/u1", s.base);
+    let r = http.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    for bad in ["Bearer nope", "Bearer cst1_alice:wrong", "Basic abc", "Bearer cst1_nobody:x"] {
+        let r = http.get(&url).header("authorization", bad).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{bad}");
+    }
+    let token = s.principal("eve", "engineer", "US", &["--employer", "provider"]);
+    let eve = s.client(&token);
+    eve.get("profiles", "u1").await.unwrap();
+    let out = s.cli(&["principal", "revoke", "eve"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(status(&eve.get("profiles", "u1").await.unwrap_err()), 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_errors_name_the_field() {
+    let s = Server::start();
+    let c = cast(&s);
+    let cases = [
+        (json!({"handle": "a", "shoe_size": 42}), "shoe_size"),
+        (json!({"handle": 7}), "handle"),
+        (json!({"handle": "a", "birthdate": "yesterday"}), "birthdate"),
+        (json!({"email": "a@b"}), "handle"),
+    ];
+    for (body, field) in cases {
+        let e = c.app.create("profiles", None, "s1", fields(body.clone())).await.unwrap_err();
+        assert_eq!(status(&e), 400, "{body}");
+        let p = e.problem().unwrap();
+        assert_eq!(p.kind, "urn:custody:problem:invalid-record");
+        assert!(p.detail.contains(&format!("`{field}`")), "{} should name {field}", p.detail);
+    }
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{}/v1/collections/profiles/records", s.base))
+        .bearer_auth(s.principal("w2", "workload", "US", &["--role", "app-backend"]))
+        .json(&json!({"fields": {"handle": "a"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let p: Value = r.json().await.unwrap();
+    assert!(p["detail"].as_str().unwrap().contains("subject"), "{p}");
+    let e = c.app.create("videos", None, "s1", fields(json!({"x": 1}))).await.unwrap_err();
+    assert_eq!(status(&e), 404);
+    assert_eq!(e.problem().unwrap().kind, "urn:custody:problem:unknown-collection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_policy_reload_is_refused_and_old_set_keeps_serving() {
+    let s = Server::start();
+    let c = cast(&s);
+    seed(&c.app, "u1", "subj-1", "canary-c").await;
+    let policies = s.data().join("policies");
+
+    std::fs::write(policies.join("50-broken.cedar"), "permit(principal, action, resource) when { resource.no_such_attr };").unwrap();
+    let out = s.cli(&["policy", "reload"]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no_such_attr") && err.contains("previous policy set stays in force"), "{err}");
+    assert_eq!(c.engineer.get("profiles", "u1").await.unwrap().record.fields["email"], "canary-c@mail.example");
+
+    std::fs::write(policies.join("50-broken.cedar"), "permit(principal, action").unwrap();
+    assert_eq!(s.cli(&["policy", "reload"]).status.code(), Some(2));
+    assert!(c.engineer.get("profiles", "u1").await.unwrap().record.withheld.is_empty());
+
+    // A valid change takes effect: forbid all protected reads.
+    std::fs::write(
+        policies.join("50-broken.cedar"),
+        "@id(\"freeze\") forbid(principal, action, resource is Custody::Data) when { resource.class == \"protected\" };",
+    )
+    .unwrap();
+    let out = s.cli(&["policy", "reload"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = c.engineer.get("profiles", "u1").await.unwrap();
+    assert!(r.record.withheld.iter().any(|w| w.reason == "forbidden-by:freeze"));
+    assert!(!r.record.fields.contains_key("email"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_file_in_the_data_dir_holds_a_protected_value() {
+    let s = Server::start();
+    let c = cast(&s);
+    for n in 0..20 {
+        seed(&c.app, &format!("u{n}"), &format!("subj-{n}"), &format!("zq-canary-{n:03}")).await;
+    }
+    c.engineer.get("profiles", "u3").await.unwrap();
+    c.engineer.search("profiles", "email", json!("zq-canary-004@mail.example")).await.unwrap();
+    let mut checked = 0;
+    for f in files_under(&s.data()) {
+        if f.file_name().is_some_and(|n| n == "admin.sock") {
+            continue;
+        }
+        let bytes = std::fs::read(&f).unwrap();
+        assert!(!bytes.windows(10).any(|w| w == b"zq-canary-"), "plaintext protected value in {}", f.display());
+        checked += 1;
+    }
+    assert!(checked >= 5, "{checked} files");
+}
+
+#[test]
+fn bad_config_lists_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("custody.toml");
+    std::fs::write(&cfg, "listen = 5\njurisdiction = \"mars\"\ncolour = \"blue\"\n").unwrap();
+    let out = Command::new(BIN).arg("--config").arg(&cfg).arg("serve").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for key in ["`listen`", "`jurisdiction`", "`colour`"] {
+        assert!(err.contains(key), "{key} not in {err}");
+    }
+}
