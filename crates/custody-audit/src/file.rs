@@ -3,9 +3,9 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
 use std::thread;
 
 use sha2::{Digest, Sha256};
@@ -57,12 +57,8 @@ impl FileAuditSink {
     /// [`AuditError::Failed`] if the file cannot be opened, read or repaired.
     pub fn open(path: &Path, opts: FileSinkOptions) -> Result<Self, AuditError> {
         let fail = |what: &str, e: std::io::Error| AuditError::Failed(format!("{what} `{}`: {e}", path.display()));
-        let mut file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| fail("cannot open", e))?;
+        let mut file =
+            OpenOptions::new().create(true).read(true).append(true).open(path).map_err(|e| fail("cannot open", e))?;
         let tail = recover(&file).map_err(|e| fail("cannot read", e))?;
         let len = file.metadata().map_err(|e| fail("cannot stat", e))?.len();
         if len != tail.durable_len {
@@ -156,7 +152,9 @@ fn writer(mut file: File, rx: Receiver<Job>, mut tail: Tail, max_batch: usize, f
         let mut job = Some(first);
         while let Some((body, ack)) = job.take() {
             let start = buf.len();
-            buf.extend_from_slice(format!("{{\"index\":{},\"prev\":\"{}\",\"event\":", tail.next_index, hex(&tail.prev)).as_bytes());
+            buf.extend_from_slice(
+                format!("{{\"index\":{},\"prev\":\"{}\",\"event\":", tail.next_index, hex(&tail.prev)).as_bytes(),
+            );
             buf.extend_from_slice(&body);
             buf.extend_from_slice(b"}\n");
             tail.prev = Sha256::digest(buf.get(start..).unwrap_or_default()).into();

@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
-use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use thiserror::Error;
 
@@ -94,7 +94,12 @@ impl Client {
     /// [`ClientError::Transport`] if the HTTP client cannot be built.
     pub fn new(base: impl Into<String>, token: impl Into<String>) -> Result<Self, ClientError> {
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
-        Ok(Self { http, base: base.into().trim_end_matches('/').to_string(), token: token.into(), reason: Reason::default() })
+        Ok(Self {
+            http,
+            base: base.into().trim_end_matches('/').to_string(),
+            token: token.into(),
+            reason: Reason::default(),
+        })
     }
 
     /// The same client stating `reason` on every request.
@@ -102,7 +107,12 @@ impl Client {
         Self { reason, ..self.clone() }
     }
 
-    async fn call<B: Serialize, T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&B>) -> Result<T, ClientError> {
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
         let mut req = self.http.request(method, format!("{}{}", self.base, path)).bearer_auth(&self.token);
         if let Some(p) = &self.reason.purpose {
             req = req.header("custody-purpose", p);
@@ -120,12 +130,16 @@ impl Client {
         let status = resp.status();
         let bytes = resp.bytes().await?;
         if status.is_success() {
-            return serde_json::from_slice(&bytes)
-                .map_err(|_| ClientError::Decode { status, body: String::from_utf8_lossy(&bytes).chars().take(200).collect() });
+            return serde_json::from_slice(&bytes).map_err(|_| ClientError::Decode {
+                status,
+                body: String::from_utf8_lossy(&bytes).chars().take(200).collect(),
+            });
         }
         match serde_json::from_slice::<Problem>(&bytes) {
             Ok(problem) => Err(ClientError::Api { status, problem: Box::new(problem) }),
-            Err(_) => Err(ClientError::Decode { status, body: String::from_utf8_lossy(&bytes).chars().take(200).collect() }),
+            Err(_) => {
+                Err(ClientError::Decode { status, body: String::from_utf8_lossy(&bytes).chars().take(200).collect() })
+            }
         }
     }
 
@@ -133,8 +147,15 @@ impl Client {
     ///
     /// # Errors
     /// [`ClientError`]; a denial is `Api` with status 403.
-    pub async fn create(&self, collection: &str, id: Option<&str>, subject: &str, fields: Map<String, Value>) -> Result<WriteResponse, ClientError> {
-        let body = CreateRecord { id: id.map(str::to_string), subject: Some(subject.to_string()), jurisdiction: None, fields };
+    pub async fn create(
+        &self,
+        collection: &str,
+        id: Option<&str>,
+        subject: &str,
+        fields: Map<String, Value>,
+    ) -> Result<WriteResponse, ClientError> {
+        let body =
+            CreateRecord { id: id.map(str::to_string), subject: Some(subject.to_string()), jurisdiction: None, fields };
         self.call(Method::POST, &format!("/v1/collections/{collection}/records"), Some(&body)).await
     }
 
@@ -150,8 +171,14 @@ impl Client {
     ///
     /// # Errors
     /// [`ClientError`].
-    pub async fn update(&self, collection: &str, id: &str, fields: Map<String, Value>) -> Result<WriteResponse, ClientError> {
-        self.call(Method::PATCH, &format!("/v1/collections/{collection}/records/{id}"), Some(&UpdateRecord { fields })).await
+    pub async fn update(
+        &self,
+        collection: &str,
+        id: &str,
+        fields: Map<String, Value>,
+    ) -> Result<WriteResponse, ClientError> {
+        self.call(Method::PATCH, &format!("/v1/collections/{collection}/records/{id}"), Some(&UpdateRecord { fields }))
+            .await
     }
 
     /// Deletes a record.

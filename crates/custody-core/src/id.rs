@@ -31,11 +31,7 @@ fn check(
 }
 
 fn name_char(i: usize, c: char) -> bool {
-    if i == 0 {
-        c.is_ascii_lowercase()
-    } else {
-        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-'
-    }
+    if i == 0 { c.is_ascii_lowercase() } else { c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-' }
 }
 
 fn opaque_char(_: usize, c: char) -> bool {
@@ -143,9 +139,7 @@ impl Jurisdiction {
     /// Not 2 to 8 uppercase ASCII letters.
     pub fn new(value: impl Into<String>) -> Result<Self, IdError> {
         let value = value.into();
-        check("jurisdiction", &value, 8, "2 to 8 uppercase letters", |_, c| {
-            c.is_ascii_uppercase()
-        })?;
+        check("jurisdiction", &value, 8, "2 to 8 uppercase letters", |_, c| c.is_ascii_uppercase())?;
         if value.len() < 2 {
             return Err(IdError::TooShort { kind: "jurisdiction", len: value.len(), min: 2 });
         }

@@ -18,6 +18,4 @@ pub use error::{IdError, SchemaError, SchemaFileError};
 pub use event::{AccessEvent, Action, Decision, FieldOutcome, PseudonymId};
 pub use id::{CollectionName, DataClass, FieldName, Jurisdiction, PrincipalId, RecordId, SubjectId};
 pub use principal::{PrincipalAttrs, PrincipalKind, PrincipalRecord};
-pub use schema::{
-    ClassSpec, CollectionSchema, FieldSpec, FieldType, Schema, ValidatedFields, DEFAULT_CLASSES,
-};
+pub use schema::{ClassSpec, CollectionSchema, DEFAULT_CLASSES, FieldSpec, FieldType, Schema, ValidatedFields};

@@ -12,8 +12,7 @@ use serde_json::{Map, Value};
 use crate::{CollectionName, DataClass, FieldName, SchemaError, SchemaFileError};
 
 /// The classes a schema gets when it declares none: `(name, encrypted)`.
-pub const DEFAULT_CLASSES: &[(&str, bool)] =
-    &[("protected", true), ("public", false), ("aggregate", true)];
+pub const DEFAULT_CLASSES: &[(&str, bool)] = &[("protected", true), ("public", false), ("aggregate", true)];
 
 /// Longest value accepted for one field, in bytes of its JSON encoding.
 const MAX_FIELD_BYTES: usize = 64 * 1024;
@@ -112,9 +111,7 @@ fn default_classes() -> BTreeMap<DataClass, ClassSpec> {
     DEFAULT_CLASSES
         .iter()
         .filter_map(|&(name, encrypted)| {
-            DataClass::new(name)
-                .ok()
-                .map(|c| (c, ClassSpec { encrypted, description: String::new() }))
+            DataClass::new(name).ok().map(|c| (c, ClassSpec { encrypted, description: String::new() }))
         })
         .collect()
 }
@@ -126,8 +123,7 @@ impl Schema {
     /// [`SchemaFileError::Parse`] for bad TOML or shape (with the key path),
     /// [`SchemaFileError::Invalid`] listing every semantic problem.
     pub fn from_toml(text: &str) -> Result<Self, SchemaFileError> {
-        let schema: Schema =
-            toml::from_str(text).map_err(|e| SchemaFileError::Parse(one_line(&e.to_string())))?;
+        let schema: Schema = toml::from_str(text).map_err(|e| SchemaFileError::Parse(one_line(&e.to_string())))?;
         schema.check()?;
         Ok(schema)
     }
@@ -186,21 +182,14 @@ impl Schema {
         let (_, coll) = self.collection(collection.as_str())?;
         let mut out = BTreeMap::new();
         for (name, value) in fields {
-            let (fname, spec) = coll
-                .fields
-                .iter()
-                .find(|(k, _)| k.as_str() == name)
-                .ok_or_else(|| SchemaError::UnknownField {
-                    collection: collection.to_string(),
-                    field: truncate(name),
-                })?;
+            let (fname, spec) = coll.fields.iter().find(|(k, _)| k.as_str() == name).ok_or_else(|| {
+                SchemaError::UnknownField { collection: collection.to_string(), field: truncate(name) }
+            })?;
             check_value(fname, spec.kind, value)?;
             out.insert(fname.clone(), value.clone());
         }
         if !partial {
-            if let Some((missing, _)) =
-                coll.fields.iter().find(|(k, s)| s.required && !out.contains_key(*k))
-            {
+            if let Some((missing, _)) = coll.fields.iter().find(|(k, s)| s.required && !out.contains_key(*k)) {
                 return Err(SchemaError::MissingField(missing.to_string()));
             }
         }
@@ -225,11 +214,15 @@ fn check_value(field: &FieldName, kind: FieldType, value: &Value) -> Result<(), 
         (FieldType::Number, Value::Number(_)) => Ok(()),
         (FieldType::Boolean, Value::Bool(_)) => Ok(()),
         (FieldType::Date, Value::String(s)) => {
-            time::Date::parse(s, time::macros::format_description!("[year]-[month]-[day]")).map(|_| ()).map_err(|_| bad(format!("`{}` is not a date (YYYY-MM-DD)", truncate(s))))
+            time::Date::parse(s, time::macros::format_description!("[year]-[month]-[day]"))
+                .map(|_| ())
+                .map_err(|_| bad(format!("`{}` is not a date (YYYY-MM-DD)", truncate(s))))
         }
-        (FieldType::Timestamp, Value::String(s)) => time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-            .map(|_| ())
-            .map_err(|_| bad(format!("`{}` is not an RFC 3339 timestamp", truncate(s)))),
+        (FieldType::Timestamp, Value::String(s)) => {
+            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                .map(|_| ())
+                .map_err(|_| bad(format!("`{}` is not an RFC 3339 timestamp", truncate(s))))
+        }
         (_, v) => Err(wrong(json_type(v))),
     }
 }
@@ -294,7 +287,10 @@ class = "protected"
     fn records_are_checked_field_by_field() {
         let s = Schema::from_toml(SAMPLE).unwrap();
         let body = |v: Value| v.as_object().unwrap().clone();
-        assert!(s.validate_fields(&coll(), &body(serde_json::json!({"handle": "a", "birthdate": "2001-02-03"})), false).is_ok());
+        assert!(
+            s.validate_fields(&coll(), &body(serde_json::json!({"handle": "a", "birthdate": "2001-02-03"})), false)
+                .is_ok()
+        );
         assert_eq!(
             s.validate_fields(&coll(), &body(serde_json::json!({"handle": "a", "nope": 1})), false),
             Err(SchemaError::UnknownField { collection: "profiles".into(), field: "nope".into() })

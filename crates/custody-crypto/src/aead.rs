@@ -114,9 +114,7 @@ pub(crate) fn open_raw(key: &DataKey, aad: &[u8], sealed: &[u8]) -> Result<Vec<u
     }
     let (nonce, ct) = rest.split_at(NONCE_LEN);
     let cipher = XChaCha20Poly1305::new(key.as_bytes().into());
-    cipher
-        .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad })
-        .map_err(|_| CryptoError::Integrity)
+    cipher.decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad }).map_err(|_| CryptoError::Integrity)
 }
 
 #[cfg(test)]

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use cedar_policy::{
-    Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId,
-    PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
+    Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId, PolicySet, Request,
+    RestrictedExpression, Schema, ValidationMode, Validator,
 };
 use sha2::{Digest, Sha256};
 
@@ -247,8 +247,8 @@ impl PolicyEngine {
             attrs.push(("subject".into(), RestrictedExpression::new_string(subject)));
         }
         let tags = p.attrs.tags.iter().map(|(k, v)| (k.clone(), RestrictedExpression::new_string(v.clone())));
-        let entity = Entity::new_with_tags(uid.clone(), attrs, [], tags)
-            .map_err(|e| PolicyError::Schema(e.to_string()))?;
+        let entity =
+            Entity::new_with_tags(uid.clone(), attrs, [], tags).map_err(|e| PolicyError::Schema(e.to_string()))?;
         Ok(PreparedPrincipal { uid, entity, location: p.attrs.location.to_string() })
     }
 
@@ -359,7 +359,10 @@ fn compile(schema: &Schema, mut files: Vec<(String, String)>) -> Result<LoadedPo
         let parsed = PolicySet::from_str(text)
             .map_err(|e| PolicyError::Parse { file: name.clone(), diagnostics: one_line(&format!("{e}: {e:?}")) })?;
         if parsed.templates().next().is_some() {
-            return Err(PolicyError::Parse { file: name.clone(), diagnostics: "policy templates are not supported".into() });
+            return Err(PolicyError::Parse {
+                file: name.clone(),
+                diagnostics: "policy templates are not supported".into(),
+            });
         }
         let stem = name.trim_end_matches(".cedar");
         let mut policies: Vec<_> = parsed.policies().collect();
@@ -403,7 +406,8 @@ when { resource.class == "protected" && context.location != resource.jurisdictio
 "#;
 
     fn engine() -> PolicyEngine {
-        PolicyEngine::from_sources(Jurisdiction::new("US").unwrap(), vec![("base.cedar".into(), POLICIES.into())]).unwrap()
+        PolicyEngine::from_sources(Jurisdiction::new("US").unwrap(), vec![("base.cedar".into(), POLICIES.into())])
+            .unwrap()
     }
 
     fn engineer(loc: &str) -> PrincipalRecord {
@@ -433,22 +437,34 @@ when { resource.class == "protected" && context.location != resource.jurisdictio
         let set = e.current();
         let p = e.prepare_principal(&engineer("US")).unwrap();
         let just = RequestContext { justification: Some("T-1".into()), ..Default::default() };
-        assert_eq!(e.decide(&set, &p, Action::Read, &res("public"), &RequestContext::default()), ClassDecision::Permit(vec!["public-read".into()]));
-        assert_eq!(e.decide(&set, &p, Action::Read, &res("protected"), &RequestContext::default()), ClassDecision::Deny(DenyReason::DefaultDeny));
+        assert_eq!(
+            e.decide(&set, &p, Action::Read, &res("public"), &RequestContext::default()),
+            ClassDecision::Permit(vec!["public-read".into()])
+        );
+        assert_eq!(
+            e.decide(&set, &p, Action::Read, &res("protected"), &RequestContext::default()),
+            ClassDecision::Deny(DenyReason::DefaultDeny)
+        );
         assert!(e.decide(&set, &p, Action::Read, &res("protected"), &just).is_permit());
         let abroad = e.prepare_principal(&engineer("DE")).unwrap();
         assert_eq!(
             e.decide(&set, &abroad, Action::Read, &res("protected"), &just),
             ClassDecision::Deny(DenyReason::Forbidden(vec!["no-protected-abroad".into()]))
         );
-        assert_eq!(e.decide(&set, &p, Action::Write, &res("public"), &just), ClassDecision::Deny(DenyReason::DefaultDeny));
+        assert_eq!(
+            e.decide(&set, &p, Action::Write, &res("public"), &just),
+            ClassDecision::Deny(DenyReason::DefaultDeny)
+        );
     }
 
     #[test]
     fn broken_reload_keeps_previous_set() {
         let e = engine();
         let before = e.current().hash();
-        let err = e.reload_sources(vec![("x.cedar".into(), "permit(principal, action, resource) when { resource.nope };".into())]);
+        let err = e.reload_sources(vec![(
+            "x.cedar".into(),
+            "permit(principal, action, resource) when { resource.nope };".into(),
+        )]);
         assert!(matches!(err, Err(PolicyError::Validation(_))), "{err:?}");
         let err = e.reload_sources(vec![("x.cedar".into(), "permit(principal".into())]);
         assert!(matches!(err, Err(PolicyError::Parse { .. })), "{err:?}");

@@ -17,7 +17,7 @@ mod engine;
 mod error;
 
 pub use engine::{
-    ClassDecision, DenyReason, LoadedPolicies, PolicyEngine, PolicySetHash, PreparedPrincipal,
-    RequestContext, ResourceRef, CEDAR_SCHEMA,
+    CEDAR_SCHEMA, ClassDecision, DenyReason, LoadedPolicies, PolicyEngine, PolicySetHash, PreparedPrincipal,
+    RequestContext, ResourceRef,
 };
 pub use error::PolicyError;

@@ -33,14 +33,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, Criterion};
-use serde_json::{json, Map, Value};
+use criterion::{Criterion, criterion_group, criterion_main};
+use serde_json::{Map, Value, json};
 use tokio::runtime::Runtime;
 
 use custody_audit::{AuditError, AuditReceipt, AuditSink, Pending};
 use custody_core::{AccessEvent, Action, CollectionName, Decision, FieldName, RecordId};
 use custody_policy::{RequestContext, ResourceRef};
-use custody_server::admin::{add_principal, NewPrincipal};
+use custody_server::admin::{NewPrincipal, add_principal};
 use custody_server::guard::Caller;
 use custody_server::wire::CreateRecord;
 use custody_server::{DataDir, ServerConfig, ServerState};
@@ -223,7 +223,9 @@ fn baseline_op(f: &Fixture) -> impl Fn(usize) -> std::future::Ready<()> + Clone 
     }
 }
 
-fn guarded_op(f: &Fixture) -> impl Fn(usize) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Clone + Send + Sync + 'static {
+fn guarded_op(
+    f: &Fixture,
+) -> impl Fn(usize) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Clone + Send + Sync + 'static {
     let state = f.state.clone();
     let caller = f.engineer.clone();
     let ids = f.ids.clone();
@@ -239,7 +241,13 @@ fn guarded_op(f: &Fixture) -> impl Fn(usize) -> std::pin::Pin<Box<dyn std::futur
 
 /// A copy of `Guard::event` for one permitted read (the guard's is private), plus the JSON
 /// serialization the file sink does in `submit`.
-fn build_and_serialize_event(f: &Fixture, policies: &custody_policy::LoadedPolicies, id: &str, subject: &str, released: &[FieldName]) -> Vec<u8> {
+fn build_and_serialize_event(
+    f: &Fixture,
+    policies: &custody_policy::LoadedPolicies,
+    id: &str,
+    subject: &str,
+    released: &[FieldName],
+) -> Vec<u8> {
     let p = f.state.guard.vault().pseudonyms();
     let collection = CollectionName::new(COLLECTION).unwrap();
     let event = AccessEvent {
@@ -292,7 +300,8 @@ fn guarded_read(c: &mut Criterion) {
     let policies = durable.state.policy.current();
     for class in ["protected", "public"] {
         let resource = ResourceRef { collection: COLLECTION, class, jurisdiction: "US", subject: Some("subj-0007") };
-        let d = durable.state.policy.decide(&policies, &durable.engineer.prepared, Action::Read, &resource, &durable.ctx);
+        let d =
+            durable.state.policy.decide(&policies, &durable.engineer.prepared, Action::Read, &resource, &durable.ctx);
         assert!(d.is_permit(), "{class}: {d:?}");
         g.bench_function(format!("policy_decide/{class}"), |b| {
             b.iter(|| {
@@ -314,7 +323,9 @@ fn guarded_read(c: &mut Criterion) {
     let sample = build_and_serialize_event(&durable, &policies, "prof-0007", "subj-0007", &released);
     eprintln!("[event] one serialized access event is {} bytes", sample.len());
     g.bench_function("event_build_serialize", |b| {
-        b.iter(|| build_and_serialize_event(&durable, &policies, black_box("prof-0007"), black_box("subj-0007"), &released));
+        b.iter(|| {
+            build_and_serialize_event(&durable, &policies, black_box("prof-0007"), black_box("subj-0007"), &released)
+        });
     });
 
     g.finish();

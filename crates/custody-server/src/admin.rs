@@ -17,10 +17,10 @@ use thiserror::Error;
 use custody_core::{IdError, Jurisdiction, PrincipalAttrs, PrincipalId, PrincipalKind, PrincipalRecord, SubjectId};
 use custody_vault::{PrincipalStore, VaultError};
 
+use crate::ApiError;
 use crate::api::{ApiJson, ApiPath};
 use crate::auth::issue_token;
 use crate::setup::ServerState;
-use crate::ApiError;
 
 /// A principal to register.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -181,13 +181,19 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .with_state(state)
 }
 
-async fn add(State(s): State<Arc<ServerState>>, ApiJson(req): ApiJson<NewPrincipal>) -> Result<(StatusCode, Json<Issued>), ApiError> {
+async fn add(
+    State(s): State<Arc<ServerState>>,
+    ApiJson(req): ApiJson<NewPrincipal>,
+) -> Result<(StatusCode, Json<Issued>), ApiError> {
     let issued = add_principal(s.auth.store().as_ref(), req)?;
     tracing::info!(principal = %issued.principal.id, kind = %issued.principal.kind, "principal added");
     Ok((StatusCode::CREATED, Json(issued)))
 }
 
-async fn revoke(State(s): State<Arc<ServerState>>, ApiPath(id): ApiPath<String>) -> Result<Json<PrincipalView>, ApiError> {
+async fn revoke(
+    State(s): State<Arc<ServerState>>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<PrincipalView>, ApiError> {
     let view = revoke_principal(s.auth.store().as_ref(), &id)?;
     if let Ok(pid) = PrincipalId::new(&view.id) {
         s.auth.invalidate(&pid);
@@ -203,6 +209,8 @@ async fn list(State(s): State<Arc<ServerState>>) -> Result<Json<Vec<PrincipalVie
 async fn reload(State(s): State<Arc<ServerState>>) -> Result<Json<Reloaded>, ApiError> {
     match s.reload_policies() {
         Ok(set) => Ok(Json(Reloaded { policy_set: set.hash().to_string(), policies: set.ids().to_vec() })),
-        Err(e) => Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "policy-invalid", "Policy set refused", e.to_string())),
+        Err(e) => {
+            Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "policy-invalid", "Policy set refused", e.to_string()))
+        }
     }
 }

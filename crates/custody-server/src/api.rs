@@ -6,7 +6,7 @@ use std::time::Instant;
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -15,13 +15,13 @@ use utoipa::OpenApi;
 
 use custody_policy::RequestContext;
 
+use crate::ApiError;
 use crate::guard::Caller;
 use crate::setup::ServerState;
 use crate::wire::{
-    BatchGet, CreateRecord, ListResponse, Problem, ReadResponse, Receipt, RecordView, Search, UpdateRecord, Withheld,
-    WriteResponse, MAX_CONTEXT_LEN,
+    BatchGet, CreateRecord, ListResponse, MAX_CONTEXT_LEN, Problem, ReadResponse, Receipt, RecordView, Search,
+    UpdateRecord, Withheld, WriteResponse,
 };
-use crate::ApiError;
 
 /// Shared state of every handler.
 pub type AppState = Arc<ServerState>;
@@ -52,9 +52,12 @@ fn json_rejection(r: JsonRejection) -> ApiError {
     let text = r.body_text();
     match status {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(status, "body-too-large", "Body too large", text),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-            ApiError::new(status, "unsupported-media-type", "Unsupported media type", "send `content-type: application/json`")
-        }
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
+            status,
+            "unsupported-media-type",
+            "Unsupported media type",
+            "send `content-type: application/json`",
+        ),
         _ => ApiError::new(StatusCode::BAD_REQUEST, "invalid-json", "Invalid JSON body", text),
     }
 }
@@ -92,7 +95,10 @@ fn header_text(headers: &HeaderMap, name: &'static str) -> Result<Option<String>
     let Some(v) = headers.get(name) else { return Ok(None) };
     let s = v.to_str().map_err(|_| ApiError::bad_request(format!("header `{name}` must be visible ASCII")))?;
     if s.len() > MAX_CONTEXT_LEN {
-        return Err(ApiError::bad_request(format!("header `{name}` is {} bytes, the limit is {MAX_CONTEXT_LEN}", s.len())));
+        return Err(ApiError::bad_request(format!(
+            "header `{name}` is {} bytes, the limit is {MAX_CONTEXT_LEN}",
+            s.len()
+        )));
     }
     let s = s.trim();
     Ok(if s.is_empty() { None } else { Some(s.to_string()) })
@@ -113,9 +119,24 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "custody", description = "The trusted-provider data boundary: every access decided by Cedar and recorded before release."),
+    info(
+        title = "custody",
+        description = "The trusted-provider data boundary: every access decided by Cedar and recorded before release."
+    ),
     paths(create_record, get_record, update_record, delete_record, batch_get, search, healthz, metrics),
-    components(schemas(CreateRecord, UpdateRecord, BatchGet, Search, ReadResponse, ListResponse, WriteResponse, RecordView, Withheld, Receipt, Problem))
+    components(schemas(
+        CreateRecord,
+        UpdateRecord,
+        BatchGet,
+        Search,
+        ReadResponse,
+        ListResponse,
+        WriteResponse,
+        RecordView,
+        Withheld,
+        Receipt,
+        Problem
+    ))
 )]
 struct ApiDoc;
 
@@ -246,7 +267,8 @@ async fn healthz() -> &'static str {
 /// Prometheus metrics in the text format.
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format")))]
 async fn metrics(State(s): State<AppState>) -> Response {
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.metrics.render()).into_response()
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.metrics.render())
+        .into_response()
 }
 
 async fn openapi_json() -> Response {

@@ -83,7 +83,11 @@ impl Authenticator {
         let caller = match cached {
             Some(c) => c,
             None => {
-                let record = self.store.principal(&id).map_err(|e| AuthError::Store(e.to_string()))?.ok_or(AuthError::Invalid)?;
+                let record = self
+                    .store
+                    .principal(&id)
+                    .map_err(|e| AuthError::Store(e.to_string()))?
+                    .ok_or(AuthError::Invalid)?;
                 let prepared = self.policy.prepare_principal(&record).map_err(|e| AuthError::Store(e.to_string()))?;
                 let caller = Arc::new(Caller { record: Arc::new(record), prepared });
                 if let Ok(mut c) = self.cache.write() {

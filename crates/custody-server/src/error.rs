@@ -3,7 +3,7 @@
 //! 4xx answers carry a specific, safe detail. 5xx answers are generic to the caller; the
 //! real cause goes to the server log only.
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::auth::AuthError;
@@ -36,7 +36,12 @@ impl ApiError {
     /// A 500 whose cause is logged but not shown.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(%cause, "internal error");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error", "the server failed; the cause is in its log")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Internal error",
+            "the server failed; the cause is in its log",
+        )
     }
 
     /// The HTTP status.
@@ -60,12 +65,21 @@ impl From<AuthError> for ApiError {
 impl From<GuardError> for ApiError {
     fn from(e: GuardError) -> Self {
         match e {
-            GuardError::UnknownCollection(_) => Self::new(StatusCode::NOT_FOUND, "unknown-collection", "Unknown collection", e.to_string()),
+            GuardError::UnknownCollection(_) => {
+                Self::new(StatusCode::NOT_FOUND, "unknown-collection", "Unknown collection", e.to_string())
+            }
             GuardError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, "not-found", "Record not found", e.to_string()),
-            GuardError::Invalid(_) => Self::new(StatusCode::BAD_REQUEST, "invalid-record", "Record does not match the schema", e.to_string()),
+            GuardError::Invalid(_) => {
+                Self::new(StatusCode::BAD_REQUEST, "invalid-record", "Record does not match the schema", e.to_string())
+            }
             GuardError::BadRequest(_) => Self::bad_request(e.to_string()),
             GuardError::Forbidden { withheld, receipt } => {
-                let mut p = Self::new(StatusCode::FORBIDDEN, "forbidden", "Access denied", "no requested data class is permitted; the denial is logged");
+                let mut p = Self::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "Access denied",
+                    "no requested data class is permitted; the denial is logged",
+                );
                 p.withheld = withheld;
                 p.receipt = Some(receipt);
                 p
@@ -74,13 +88,23 @@ impl From<GuardError> for ApiError {
             GuardError::Erased(_) => Self::new(StatusCode::GONE, "erased", "Subject erased", e.to_string()),
             GuardError::AuditUnavailable(cause) => {
                 tracing::error!(%cause, "audit sink unavailable; failing closed");
-                let mut p = Self::new(StatusCode::SERVICE_UNAVAILABLE, "audit-unavailable", "Audit unavailable", "the access could not be recorded, so nothing was released");
+                let mut p = Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "audit-unavailable",
+                    "Audit unavailable",
+                    "the access could not be recorded, so nothing was released",
+                );
                 p.retry_after = Some(1);
                 p
             }
             GuardError::Integrity(cause) => {
                 tracing::error!(%cause, "integrity check failed");
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "integrity", "Integrity failure", "stored data failed an integrity check; nothing was released")
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "integrity",
+                    "Integrity failure",
+                    "stored data failed an integrity check; nothing was released",
+                )
             }
             GuardError::Storage(cause) => Self::internal(cause),
         }

@@ -12,16 +12,16 @@ use thiserror::Error;
 
 use custody_audit::{AuditError, AuditSink};
 use custody_core::{
-    AccessEvent, Action, CollectionName, CollectionSchema, DataClass, Decision, FieldName, FieldOutcome,
-    IdError, Jurisdiction, PrincipalRecord, RecordId, Schema, SchemaError, SubjectId,
+    AccessEvent, Action, CollectionName, CollectionSchema, DataClass, Decision, FieldName, FieldOutcome, IdError,
+    Jurisdiction, PrincipalRecord, RecordId, Schema, SchemaError, SubjectId,
 };
 use custody_policy::{ClassDecision, LoadedPolicies, PolicyEngine, PreparedPrincipal, RequestContext, ResourceRef};
 use custody_vault::{StoredRecord, Vault, VaultError, WriteMode};
 
 use crate::metrics::Metrics;
 use crate::wire::{
-    CreateRecord, ListResponse, ReadResponse, Receipt, RecordView, Search, UpdateRecord, Withheld, WriteResponse,
-    MAX_BATCH, MAX_SEARCH_RESULTS,
+    CreateRecord, ListResponse, MAX_BATCH, MAX_SEARCH_RESULTS, ReadResponse, Receipt, RecordView, Search, UpdateRecord,
+    Withheld, WriteResponse,
 };
 
 /// An authenticated principal, ready for decisions.
@@ -200,7 +200,11 @@ impl Guard {
                     permitted.insert(spec.class.clone());
                 }
                 ClassDecision::Deny(reason) => {
-                    withheld.insert(FieldOutcome { field: fname.clone(), class: spec.class.clone(), reason: reason.to_string() });
+                    withheld.insert(FieldOutcome {
+                        field: fname.clone(),
+                        class: spec.class.clone(),
+                        reason: reason.to_string(),
+                    });
                 }
             }
         }
@@ -275,7 +279,13 @@ impl Guard {
     /// # Errors
     /// [`GuardError::Forbidden`] when no class is permitted (after logging the deny), and the
     /// not-found, erased, integrity and audit errors.
-    pub async fn read(&self, caller: &Caller, collection: &str, id: &str, ctx: &RequestContext) -> Result<ReadResponse, GuardError> {
+    pub async fn read(
+        &self,
+        caller: &Caller,
+        collection: &str,
+        id: &str,
+        ctx: &RequestContext,
+    ) -> Result<ReadResponse, GuardError> {
         let (cname, coll) = self.collection(collection)?;
         let id = RecordId::new(id)?;
         let stored = self.vault.load(cname, &id)?;
@@ -303,7 +313,13 @@ impl Guard {
     ///
     /// # Errors
     /// As [`Guard::read`]; [`GuardError::BadRequest`] for too many or malformed ids.
-    pub async fn batch_get(&self, caller: &Caller, collection: &str, ids: &[String], ctx: &RequestContext) -> Result<ListResponse, GuardError> {
+    pub async fn batch_get(
+        &self,
+        caller: &Caller,
+        collection: &str,
+        ids: &[String],
+        ctx: &RequestContext,
+    ) -> Result<ListResponse, GuardError> {
         let (cname, coll) = self.collection(collection)?;
         if ids.len() > MAX_BATCH {
             return Err(GuardError::BadRequest(format!("`ids` has {} entries, the limit is {MAX_BATCH}", ids.len())));
@@ -342,7 +358,16 @@ impl Guard {
             views.push(out.view);
         }
         let refs: Vec<(&RecordId, &SubjectId)> = found.iter().map(|(i, s)| (i, &s.subject)).collect();
-        let event = self.event(&policies, caller, action, cname, &refs, released.iter().cloned(), withheld.iter().cloned(), ctx);
+        let event = self.event(
+            &policies,
+            caller,
+            action,
+            cname,
+            &refs,
+            released.iter().cloned(),
+            withheld.iter().cloned(),
+            ctx,
+        );
         let receipt = self.record(&event).await?;
         if released.is_empty() && !withheld.is_empty() {
             return Err(GuardError::Forbidden { withheld: withheld.iter().map(withheld_wire).collect(), receipt });
@@ -355,13 +380,17 @@ impl Guard {
     /// # Errors
     /// [`GuardError::BadRequest`] for an unknown or unsearchable field,
     /// [`GuardError::Forbidden`] when searching the field's class is denied.
-    pub async fn search(&self, caller: &Caller, collection: &str, q: &Search, ctx: &RequestContext) -> Result<ListResponse, GuardError> {
+    pub async fn search(
+        &self,
+        caller: &Caller,
+        collection: &str,
+        q: &Search,
+        ctx: &RequestContext,
+    ) -> Result<ListResponse, GuardError> {
         let (cname, coll) = self.collection(collection)?;
-        let (fname, spec) = coll
-            .fields
-            .iter()
-            .find(|(k, _)| k.as_str() == q.field)
-            .ok_or_else(|| SchemaError::UnknownField { collection: cname.to_string(), field: q.field.chars().take(64).collect() })?;
+        let (fname, spec) = coll.fields.iter().find(|(k, _)| k.as_str() == q.field).ok_or_else(|| {
+            SchemaError::UnknownField { collection: cname.to_string(), field: q.field.chars().take(64).collect() }
+        })?;
         if !spec.searchable {
             return Err(GuardError::BadRequest(format!("field `{fname}` is not searchable")));
         }
@@ -384,7 +413,13 @@ impl Guard {
     ///
     /// # Errors
     /// [`GuardError::Invalid`] for schema errors, [`GuardError::Forbidden`], [`GuardError::Conflict`].
-    pub async fn create(&self, caller: &Caller, collection: &str, body: CreateRecord, ctx: &RequestContext) -> Result<WriteResponse, GuardError> {
+    pub async fn create(
+        &self,
+        caller: &Caller,
+        collection: &str,
+        body: CreateRecord,
+        ctx: &RequestContext,
+    ) -> Result<WriteResponse, GuardError> {
         let (cname, _) = self.collection(collection)?;
         let subject = SubjectId::new(body.subject.ok_or(SchemaError::MissingSubject)?).map_err(SchemaError::from)?;
         let jurisdiction = match body.jurisdiction {
@@ -406,7 +441,14 @@ impl Guard {
     ///
     /// # Errors
     /// As [`Guard::create`], and [`GuardError::NotFound`].
-    pub async fn update(&self, caller: &Caller, collection: &str, id: &str, body: UpdateRecord, ctx: &RequestContext) -> Result<WriteResponse, GuardError> {
+    pub async fn update(
+        &self,
+        caller: &Caller,
+        collection: &str,
+        id: &str,
+        body: UpdateRecord,
+        ctx: &RequestContext,
+    ) -> Result<WriteResponse, GuardError> {
         let (cname, _) = self.collection(collection)?;
         let id = RecordId::new(id)?;
         let fields = self.schema.validate_fields(cname, &body.fields, true)?;
@@ -432,9 +474,23 @@ impl Guard {
         let mut denied = BTreeSet::new();
         for fname in fields.keys() {
             let Some(spec) = coll.fields.get(fname) else { continue };
-            let d = self.decide(&policies, caller, Action::Write, cname, &spec.class, &jurisdiction, Some(&subject), ctx, &mut memo);
+            let d = self.decide(
+                &policies,
+                caller,
+                Action::Write,
+                cname,
+                &spec.class,
+                &jurisdiction,
+                Some(&subject),
+                ctx,
+                &mut memo,
+            );
             if let ClassDecision::Deny(reason) = d {
-                denied.insert(FieldOutcome { field: fname.clone(), class: spec.class.clone(), reason: reason.to_string() });
+                denied.insert(FieldOutcome {
+                    field: fname.clone(),
+                    class: spec.class.clone(),
+                    reason: reason.to_string(),
+                });
             }
         }
         let refs = [(&id, &subject)];
@@ -458,7 +514,13 @@ impl Guard {
     ///
     /// # Errors
     /// [`GuardError::NotFound`], [`GuardError::Forbidden`].
-    pub async fn delete(&self, caller: &Caller, collection: &str, id: &str, ctx: &RequestContext) -> Result<WriteResponse, GuardError> {
+    pub async fn delete(
+        &self,
+        caller: &Caller,
+        collection: &str,
+        id: &str,
+        ctx: &RequestContext,
+    ) -> Result<WriteResponse, GuardError> {
         let (cname, coll) = self.collection(collection)?;
         let id = RecordId::new(id)?;
         let stored = self.vault.load(cname, &id)?;
@@ -471,9 +533,23 @@ impl Guard {
                 continue;
             }
             touched.push(fname.clone());
-            let d = self.decide(&policies, caller, Action::Delete, cname, &spec.class, &stored.jurisdiction, Some(&stored.subject), ctx, &mut memo);
+            let d = self.decide(
+                &policies,
+                caller,
+                Action::Delete,
+                cname,
+                &spec.class,
+                &stored.jurisdiction,
+                Some(&stored.subject),
+                ctx,
+                &mut memo,
+            );
             if let ClassDecision::Deny(reason) = d {
-                denied.insert(FieldOutcome { field: fname.clone(), class: spec.class.clone(), reason: reason.to_string() });
+                denied.insert(FieldOutcome {
+                    field: fname.clone(),
+                    class: spec.class.clone(),
+                    reason: reason.to_string(),
+                });
             }
         }
         let refs = [(&id, &stored.subject)];
@@ -486,7 +562,9 @@ impl Guard {
         let receipt = self.record(&event).await?;
         let vault = self.vault.clone();
         let (c2, id2) = (cname.clone(), id.clone());
-        tokio::task::spawn_blocking(move || vault.delete(&c2, &id2)).await.map_err(|e| GuardError::Storage(e.to_string()))??;
+        tokio::task::spawn_blocking(move || vault.delete(&c2, &id2))
+            .await
+            .map_err(|e| GuardError::Storage(e.to_string()))??;
         Ok(WriteResponse { id: id.to_string(), written: touched.iter().map(ToString::to_string).collect(), receipt })
     }
 }

@@ -3,7 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use custody_core::Action;
@@ -63,7 +63,11 @@ impl Metrics {
         registry.register("http_requests", "HTTP requests by route, method and status", requests.clone());
         registry.register("http_request_duration_seconds", "HTTP request latency by route", latency.clone());
         registry.register("decisions", "Per-data-class policy decisions by action and outcome", decisions.clone());
-        registry.register("audit_failures", "Requests failed closed because the audit sink failed", audit_failures.clone());
+        registry.register(
+            "audit_failures",
+            "Requests failed closed because the audit sink failed",
+            audit_failures.clone(),
+        );
         Self { registry, requests, latency, decisions, audit_failures }
     }
 

@@ -229,7 +229,10 @@ impl ServerState {
     /// Any [`SetupError`], naming what is wrong.
     pub fn open(cfg: ServerConfig) -> Result<Arc<Self>, SetupError> {
         let dirs = DataDir::prepare(&cfg)?;
-        let sink = FileAuditSink::open(&dirs.events, FileSinkOptions { max_batch: cfg.audit_max_batch, ..Default::default() })?;
+        let sink = FileAuditSink::open(
+            &dirs.events,
+            FileSinkOptions { max_batch: cfg.audit_max_batch, ..Default::default() },
+        )?;
         Self::open_with_sink(cfg, dirs, Arc::new(sink))
     }
 
@@ -240,7 +243,8 @@ impl ServerState {
     pub fn open_with_sink(cfg: ServerConfig, dirs: DataDir, sink: Arc<dyn AuditSink>) -> Result<Arc<Self>, SetupError> {
         let text = std::fs::read_to_string(&dirs.schema).map_err(io(&dirs.schema))?;
         let schema = Arc::new(
-            Schema::from_toml(&text).map_err(|source| SetupError::Schema { path: dirs.schema.display().to_string(), source })?,
+            Schema::from_toml(&text)
+                .map_err(|source| SetupError::Schema { path: dirs.schema.display().to_string(), source })?,
         );
         let policy = Arc::new(PolicyEngine::load_dir(cfg.jurisdiction.clone(), &dirs.policies)?);
         let provider = Arc::new(FileKeyProvider::open_or_create(&dirs.kek)?);

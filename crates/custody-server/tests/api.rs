@@ -8,13 +8,13 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use proptest::prelude::*;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tower::ServiceExt;
 
-use custody_server::admin::{add_principal, NewPrincipal};
+use custody_server::admin::{NewPrincipal, add_principal};
 use custody_server::api::{JUSTIFICATION_HEADER, PURPOSE_HEADER};
 use custody_server::wire::{MAX_BATCH, MAX_CONTEXT_LEN};
 use custody_server::{ServerConfig, ServerState};
@@ -201,7 +201,9 @@ async fn body_over_the_limit_is_413() {
         .unwrap();
     f.send(req).await.problem(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large");
     f.create("r1").await;
-    f.call(Method::PATCH, &format!("{RECORDS}/r1"), body.clone()).await.problem(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large");
+    f.call(Method::PATCH, &format!("{RECORDS}/r1"), body.clone())
+        .await
+        .problem(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large");
     f.call(Method::POST, BATCH, body.clone()).await.problem(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large");
     f.call(Method::POST, SEARCH, body).await.problem(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large");
 }
@@ -209,14 +211,25 @@ async fn body_over_the_limit_is_413() {
 #[tokio::test]
 async fn malformed_json_is_400_invalid_json() {
     let f = Fixture::new();
-    for body in ["", "{", "hello", "{\"subject\": \"u-1\", \"fields\": {", "{\"fields\": {}} trailing", "[1,2,3]", "null", "\u{feff}{}"] {
+    for body in [
+        "",
+        "{",
+        "hello",
+        "{\"subject\": \"u-1\", \"fields\": {",
+        "{\"fields\": {}} trailing",
+        "[1,2,3]",
+        "null",
+        "\u{feff}{}",
+    ] {
         let detail = f.call(Method::POST, RECORDS, body).await.problem(StatusCode::BAD_REQUEST, "invalid-json");
         assert!(!detail.contains('\n'), "{detail}");
     }
     f.call(Method::POST, BATCH, "{\"ids\": [").await.problem(StatusCode::BAD_REQUEST, "invalid-json");
     f.call(Method::POST, SEARCH, "{\"field\": ").await.problem(StatusCode::BAD_REQUEST, "invalid-json");
     // Invalid UTF-8 inside a string.
-    f.call(Method::POST, RECORDS, &b"{\"subject\": \"\xff\xfe\", \"fields\": {}}"[..]).await.problem(StatusCode::BAD_REQUEST, "invalid-json");
+    f.call(Method::POST, RECORDS, &b"{\"subject\": \"\xff\xfe\", \"fields\": {}}"[..])
+        .await
+        .problem(StatusCode::BAD_REQUEST, "invalid-json");
 }
 
 #[tokio::test]
@@ -234,14 +247,24 @@ async fn body_without_json_content_type_is_415() {
 #[tokio::test]
 async fn unknown_json_keys_are_refused_by_name() {
     let f = Fixture::new();
-    let d = f.post_json(RECORDS, &json!({"subject": "u-1", "fields": {"handle": "h"}, "sneaky": 1})).await.problem(StatusCode::BAD_REQUEST, "invalid-json");
+    let d = f
+        .post_json(RECORDS, &json!({"subject": "u-1", "fields": {"handle": "h"}, "sneaky": 1}))
+        .await
+        .problem(StatusCode::BAD_REQUEST, "invalid-json");
     assert!(d.contains("sneaky"), "{d}");
     f.create("r1").await;
-    let d = f.call(Method::PATCH, &format!("{RECORDS}/r1"), json!({"fields": {}, "subject": "u-2"}).to_string()).await.problem(StatusCode::BAD_REQUEST, "invalid-json");
+    let d = f
+        .call(Method::PATCH, &format!("{RECORDS}/r1"), json!({"fields": {}, "subject": "u-2"}).to_string())
+        .await
+        .problem(StatusCode::BAD_REQUEST, "invalid-json");
     assert!(d.contains("subject"), "{d}");
-    let d = f.post_json(BATCH, &json!({"ids": ["r1"], "limit": 3})).await.problem(StatusCode::BAD_REQUEST, "invalid-json");
+    let d =
+        f.post_json(BATCH, &json!({"ids": ["r1"], "limit": 3})).await.problem(StatusCode::BAD_REQUEST, "invalid-json");
     assert!(d.contains("limit"), "{d}");
-    let d = f.post_json(SEARCH, &json!({"field": "email", "value": "a", "fuzzy": true})).await.problem(StatusCode::BAD_REQUEST, "invalid-json");
+    let d = f
+        .post_json(SEARCH, &json!({"field": "email", "value": "a", "fuzzy": true}))
+        .await
+        .problem(StatusCode::BAD_REQUEST, "invalid-json");
     assert!(d.contains("fuzzy"), "{d}");
 }
 
@@ -264,7 +287,10 @@ async fn wrong_types_name_the_field() {
     let d = f.post_json(BATCH, &json!({"ids": ["r1", 7]})).await.problem(StatusCode::BAD_REQUEST, "invalid-json");
     assert!(d.contains("ids"), "{d}");
     for limit in [json!(-1), json!("ten"), json!(1.5), json!(1e30)] {
-        let d = f.post_json(SEARCH, &json!({"field": "email", "value": "a", "limit": limit})).await.problem(StatusCode::BAD_REQUEST, "invalid-json");
+        let d = f
+            .post_json(SEARCH, &json!({"field": "email", "value": "a", "limit": limit}))
+            .await
+            .problem(StatusCode::BAD_REQUEST, "invalid-json");
         assert!(d.contains("limit"), "{d}");
     }
     // Values that do not match the schema's field types.
@@ -279,11 +305,17 @@ async fn wrong_types_name_the_field() {
         (json!({"handle": {"nested": true}}), "handle"),
         (json!({"handle": ["a"]}), "handle"),
     ] {
-        let d = f.post_json(RECORDS, &json!({"subject": "u-1", "fields": fields})).await.problem(StatusCode::BAD_REQUEST, "invalid-record");
+        let d = f
+            .post_json(RECORDS, &json!({"subject": "u-1", "fields": fields}))
+            .await
+            .problem(StatusCode::BAD_REQUEST, "invalid-record");
         assert!(d.contains(&format!("`{name}`")), "`{name}` not named in {d}");
     }
     f.create("r1").await;
-    let d = f.call(Method::PATCH, &format!("{RECORDS}/r1"), json!({"fields": {"watch_minutes": true}}).to_string()).await.problem(StatusCode::BAD_REQUEST, "invalid-record");
+    let d = f
+        .call(Method::PATCH, &format!("{RECORDS}/r1"), json!({"fields": {"watch_minutes": true}}).to_string())
+        .await
+        .problem(StatusCode::BAD_REQUEST, "invalid-record");
     assert!(d.contains("`watch_minutes`"), "{d}");
 }
 
@@ -291,44 +323,77 @@ async fn wrong_types_name_the_field() {
 async fn oversized_field_value_is_refused_by_name() {
     let f = Fixture::new();
     let big = "b".repeat(64 * 1024 + 1);
-    let d = f.post_json(RECORDS, &json!({"subject": "u-1", "fields": {"handle": "h", "bio": big}})).await.problem(StatusCode::BAD_REQUEST, "invalid-record");
+    let d = f
+        .post_json(RECORDS, &json!({"subject": "u-1", "fields": {"handle": "h", "bio": big}}))
+        .await
+        .problem(StatusCode::BAD_REQUEST, "invalid-record");
     assert!(d.contains("`bio`"), "{d}");
 }
 
 #[tokio::test]
 async fn unknown_field_is_named() {
     let f = Fixture::new();
-    let d = f.post_json(RECORDS, &json!({"subject": "u-1", "fields": {"handle": "h", "ssn": "078-05-1120"}})).await.problem(StatusCode::BAD_REQUEST, "invalid-record");
+    let d = f
+        .post_json(RECORDS, &json!({"subject": "u-1", "fields": {"handle": "h", "ssn": "078-05-1120"}}))
+        .await
+        .problem(StatusCode::BAD_REQUEST, "invalid-record");
     assert!(d.contains("`ssn`"), "{d}");
     assert!(!d.contains("078-05-1120"), "the value must not be echoed: {d}");
     f.create("r1").await;
-    let d = f.call(Method::PATCH, &format!("{RECORDS}/r1"), json!({"fields": {"favourite_colour": "red"}}).to_string()).await.problem(StatusCode::BAD_REQUEST, "invalid-record");
+    let d = f
+        .call(Method::PATCH, &format!("{RECORDS}/r1"), json!({"fields": {"favourite_colour": "red"}}).to_string())
+        .await
+        .problem(StatusCode::BAD_REQUEST, "invalid-record");
     assert!(d.contains("`favourite_colour`"), "{d}");
-    let d = f.post_json(SEARCH, &json!({"field": "ssn", "value": "x"})).await.problem(StatusCode::BAD_REQUEST, "invalid-record");
+    let d = f
+        .post_json(SEARCH, &json!({"field": "ssn", "value": "x"}))
+        .await
+        .problem(StatusCode::BAD_REQUEST, "invalid-record");
     assert!(d.contains("`ssn`"), "{d}");
     // A huge unknown field name is named, but not echoed whole.
     let long = "z".repeat(5000);
     let mut fields = serde_json::Map::new();
     fields.insert("handle".into(), json!("h"));
     fields.insert(long, json!(1));
-    let d = f.post_json(RECORDS, &json!({"subject": "u-1", "fields": fields})).await.problem(StatusCode::BAD_REQUEST, "invalid-record");
+    let d = f
+        .post_json(RECORDS, &json!({"subject": "u-1", "fields": fields}))
+        .await
+        .problem(StatusCode::BAD_REQUEST, "invalid-record");
     assert!(d.len() < 300, "{} bytes of detail", d.len());
 }
 
 #[tokio::test]
 async fn missing_subject_and_required_field_are_400() {
     let f = Fixture::new();
-    let d = f.post_json(RECORDS, &json!({"fields": {"handle": "h"}})).await.problem(StatusCode::BAD_REQUEST, "invalid-record");
+    let d = f
+        .post_json(RECORDS, &json!({"fields": {"handle": "h"}}))
+        .await
+        .problem(StatusCode::BAD_REQUEST, "invalid-record");
     assert!(d.contains("`subject`"), "{d}");
-    let d = f.post_json(RECORDS, &json!({"subject": null, "fields": {"handle": "h"}})).await.problem(StatusCode::BAD_REQUEST, "invalid-record");
+    let d = f
+        .post_json(RECORDS, &json!({"subject": null, "fields": {"handle": "h"}}))
+        .await
+        .problem(StatusCode::BAD_REQUEST, "invalid-record");
     assert!(d.contains("`subject`"), "{d}");
-    let d = f.post_json(RECORDS, &json!({"subject": "", "fields": {"handle": "h"}})).await.problem(StatusCode::BAD_REQUEST, "invalid-record");
+    let d = f
+        .post_json(RECORDS, &json!({"subject": "", "fields": {"handle": "h"}}))
+        .await
+        .problem(StatusCode::BAD_REQUEST, "invalid-record");
     assert!(d.contains("subject"), "{d}");
-    let d = f.post_json(RECORDS, &json!({"subject": "u-1", "fields": {"email": "a@example.com"}})).await.problem(StatusCode::BAD_REQUEST, "invalid-record");
+    let d = f
+        .post_json(RECORDS, &json!({"subject": "u-1", "fields": {"email": "a@example.com"}}))
+        .await
+        .problem(StatusCode::BAD_REQUEST, "invalid-record");
     assert!(d.contains("`handle`"), "{d}");
-    let d = f.post_json(RECORDS, &json!({"subject": "u-1", "jurisdiction": "us", "fields": {"handle": "h"}})).await.problem(StatusCode::BAD_REQUEST, "invalid-record");
+    let d = f
+        .post_json(RECORDS, &json!({"subject": "u-1", "jurisdiction": "us", "fields": {"handle": "h"}}))
+        .await
+        .problem(StatusCode::BAD_REQUEST, "invalid-record");
     assert!(d.contains("jurisdiction"), "{d}");
-    let d = f.post_json(RECORDS, &json!({"subject": "u 1", "fields": {"handle": "h"}})).await.problem(StatusCode::BAD_REQUEST, "invalid-record");
+    let d = f
+        .post_json(RECORDS, &json!({"subject": "u 1", "fields": {"handle": "h"}}))
+        .await
+        .problem(StatusCode::BAD_REQUEST, "invalid-record");
     assert!(d.contains("subject id"), "{d}");
 }
 
@@ -336,14 +401,25 @@ async fn missing_subject_and_required_field_are_400() {
 async fn unknown_collection_is_404() {
     let f = Fixture::new();
     f.get("/v1/collections/nope/records/r1").await.problem(StatusCode::NOT_FOUND, "unknown-collection");
-    f.post_json("/v1/collections/nope/records", &json!({"subject": "u-1", "fields": {}})).await.problem(StatusCode::NOT_FOUND, "unknown-collection");
-    f.post_json("/v1/collections/nope/batch-get", &json!({"ids": ["r1"]})).await.problem(StatusCode::NOT_FOUND, "unknown-collection");
-    f.post_json("/v1/collections/nope/search", &json!({"field": "email", "value": "x"})).await.problem(StatusCode::NOT_FOUND, "unknown-collection");
-    f.call(Method::PATCH, "/v1/collections/nope/records/r1", json!({"fields": {}}).to_string()).await.problem(StatusCode::NOT_FOUND, "unknown-collection");
-    f.call(Method::DELETE, "/v1/collections/nope/records/r1", Body::empty()).await.problem(StatusCode::NOT_FOUND, "unknown-collection");
+    f.post_json("/v1/collections/nope/records", &json!({"subject": "u-1", "fields": {}}))
+        .await
+        .problem(StatusCode::NOT_FOUND, "unknown-collection");
+    f.post_json("/v1/collections/nope/batch-get", &json!({"ids": ["r1"]}))
+        .await
+        .problem(StatusCode::NOT_FOUND, "unknown-collection");
+    f.post_json("/v1/collections/nope/search", &json!({"field": "email", "value": "x"}))
+        .await
+        .problem(StatusCode::NOT_FOUND, "unknown-collection");
+    f.call(Method::PATCH, "/v1/collections/nope/records/r1", json!({"fields": {}}).to_string())
+        .await
+        .problem(StatusCode::NOT_FOUND, "unknown-collection");
+    f.call(Method::DELETE, "/v1/collections/nope/records/r1", Body::empty())
+        .await
+        .problem(StatusCode::NOT_FOUND, "unknown-collection");
     // An absurd collection name is not echoed whole.
     let long = "c".repeat(1000);
-    let d = f.get(&format!("/v1/collections/{long}/records/r1")).await.problem(StatusCode::NOT_FOUND, "unknown-collection");
+    let d =
+        f.get(&format!("/v1/collections/{long}/records/r1")).await.problem(StatusCode::NOT_FOUND, "unknown-collection");
     assert!(d.len() < 200, "{d}");
     for junk in ["%2F..%2F..", "%00", "%FF%FE", "PROFILES"] {
         let a = f.get(&format!("/v1/collections/{junk}/records/r1")).await;
@@ -381,14 +457,20 @@ async fn absurd_record_ids_are_400() {
         let uri = format!("{RECORDS}/{id}");
         let d = f.get(&uri).await.problem(StatusCode::BAD_REQUEST, "bad-request");
         assert!(d.len() < 300, "{id}: {} bytes of detail", d.len());
-        f.call(Method::PATCH, &uri, json!({"fields": {"bio": "x"}}).to_string()).await.problem(StatusCode::BAD_REQUEST, "bad-request");
+        f.call(Method::PATCH, &uri, json!({"fields": {"bio": "x"}}).to_string())
+            .await
+            .problem(StatusCode::BAD_REQUEST, "bad-request");
         f.call(Method::DELETE, &uri, Body::empty()).await.problem(StatusCode::BAD_REQUEST, "bad-request");
     }
     // The same ids in bodies.
     for id in [long.as_str(), "a/b", "\0", "a\nb", "\u{202e}evil", ""] {
         f.post_json(BATCH, &json!({"ids": ["r1", id]})).await.problem(StatusCode::BAD_REQUEST, "bad-request");
-        f.post_json(RECORDS, &json!({"id": id, "subject": "u-1", "fields": {"handle": "h"}})).await.problem(StatusCode::BAD_REQUEST, "invalid-record");
-        f.post_json(RECORDS, &json!({"id": "ok", "subject": id, "fields": {"handle": "h"}})).await.problem(StatusCode::BAD_REQUEST, "invalid-record");
+        f.post_json(RECORDS, &json!({"id": id, "subject": "u-1", "fields": {"handle": "h"}}))
+            .await
+            .problem(StatusCode::BAD_REQUEST, "invalid-record");
+        f.post_json(RECORDS, &json!({"id": "ok", "subject": id, "fields": {"handle": "h"}}))
+            .await
+            .problem(StatusCode::BAD_REQUEST, "invalid-record");
     }
     // Nothing was written by any of that.
     let a = f.post_json(BATCH, &json!({"ids": ["r1", "ok"]})).await;
@@ -414,9 +496,15 @@ async fn batch_get_of_more_than_the_limit_is_400() {
 #[tokio::test]
 async fn search_on_a_field_that_is_not_searchable_is_400() {
     let f = Fixture::new();
-    let d = f.post_json(SEARCH, &json!({"field": "bio", "value": "x"})).await.problem(StatusCode::BAD_REQUEST, "bad-request");
+    let d = f
+        .post_json(SEARCH, &json!({"field": "bio", "value": "x"}))
+        .await
+        .problem(StatusCode::BAD_REQUEST, "bad-request");
     assert!(d.contains("`bio`") && d.contains("searchable"), "{d}");
-    let d = f.post_json(SEARCH, &json!({"field": "watch_minutes", "value": 5})).await.problem(StatusCode::BAD_REQUEST, "bad-request");
+    let d = f
+        .post_json(SEARCH, &json!({"field": "watch_minutes", "value": 5}))
+        .await
+        .problem(StatusCode::BAD_REQUEST, "bad-request");
     assert!(d.contains("`watch_minutes`"), "{d}");
     // A searchable one works, and limit 0 is clamped rather than refused.
     f.create("r1").await;
@@ -465,9 +553,13 @@ async fn missing_garbage_and_revoked_tokens_are_401() {
     let ok = f.send(with(Some(HeaderValue::from_str(&format!("Bearer {token}")).unwrap()))).await;
     assert_eq!(ok.status, StatusCode::OK);
     let admin = custody_server::admin::router(f.state.clone());
-    let resp = admin.oneshot(Request::post("/admin/principals/svc:other/revoke").body(Body::empty()).unwrap()).await.unwrap();
+    let resp =
+        admin.oneshot(Request::post("/admin/principals/svc:other/revoke").body(Body::empty()).unwrap()).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
-    let d = f.send(with(Some(HeaderValue::from_str(&format!("Bearer {token}")).unwrap()))).await.problem(StatusCode::UNAUTHORIZED, "unauthorized");
+    let d = f
+        .send(with(Some(HeaderValue::from_str(&format!("Bearer {token}")).unwrap())))
+        .await
+        .problem(StatusCode::UNAUTHORIZED, "unauthorized");
     assert!(!d.contains("svc:other"), "the detail must not tell which check failed: {d}");
     // Auth comes before anything else: a bad token with a bad body is still 401.
     let req = Request::post(RECORDS)
@@ -521,15 +613,30 @@ fn arbitrary_json() -> impl Strategy<Value = Value> {
         any::<i64>().prop_map(Value::from),
         any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
         "\\PC{0,20}".prop_map(Value::from),
-        prop::sample::select(vec!["handle", "email", "watch_minutes", "birthdate", "u-1", "r1", "US", "2001-02-03"]).prop_map(Value::from),
+        prop::sample::select(vec!["handle", "email", "watch_minutes", "birthdate", "u-1", "r1", "US", "2001-02-03"])
+            .prop_map(Value::from),
     ];
     leaf.prop_recursive(3, 24, 6, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
             prop::collection::btree_map(
                 prop_oneof![
-                    prop::sample::select(vec!["id", "subject", "jurisdiction", "fields", "ids", "field", "value", "limit", "handle", "email", "watch_minutes", "birthdate", "bio"])
-                        .prop_map(String::from),
+                    prop::sample::select(vec![
+                        "id",
+                        "subject",
+                        "jurisdiction",
+                        "fields",
+                        "ids",
+                        "field",
+                        "value",
+                        "limit",
+                        "handle",
+                        "email",
+                        "watch_minutes",
+                        "birthdate",
+                        "bio"
+                    ])
+                    .prop_map(String::from),
                     "\\PC{0,8}",
                 ],
                 inner,
@@ -555,9 +662,18 @@ fn arbitrary_bodies_and_ids_answer_4xx_problems_or_success_never_5xx() {
         prop::collection::vec(any::<u8>(), 0..64).prop_map(Junk::Bytes),
         arbitrary_json().prop_map(Junk::Json),
     ];
-    let route = prop::sample::select(vec![(Method::POST, RECORDS.to_string()), (Method::PATCH, format!("{RECORDS}/r1")), (Method::POST, BATCH.into()), (Method::POST, SEARCH.into())]);
+    let route = prop::sample::select(vec![
+        (Method::POST, RECORDS.to_string()),
+        (Method::PATCH, format!("{RECORDS}/r1")),
+        (Method::POST, BATCH.into()),
+        (Method::POST, SEARCH.into()),
+    ]);
     let id = prop::collection::vec(any::<u8>(), 0..40);
-    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig { cases: 128, failure_persistence: None, ..ProptestConfig::default() });
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 128,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
     runner
         .run(&(body, route, id), |(body, (method, uri), id)| {
             let bytes = match body {
@@ -565,15 +681,31 @@ fn arbitrary_bodies_and_ids_answer_4xx_problems_or_success_never_5xx() {
                 Junk::Json(v) => v.to_string().into_bytes(),
             };
             let a = rt.block_on(f.call(method, &uri, bytes));
-            prop_assert!(a.status.is_success() || a.status.is_client_error(), "{} {}", a.status, String::from_utf8_lossy(&a.body));
+            prop_assert!(
+                a.status.is_success() || a.status.is_client_error(),
+                "{} {}",
+                a.status,
+                String::from_utf8_lossy(&a.body)
+            );
             if !a.status.is_success() {
-                prop_assert_eq!(a.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()), Some("application/problem+json"));
+                prop_assert_eq!(
+                    a.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()),
+                    Some("application/problem+json")
+                );
             }
             // Every byte percent-encoded, so any id reaches the extractor.
             let encoded: String = id.iter().map(|b| format!("%{b:02X}")).collect();
             let a = rt.block_on(f.get(&format!("{RECORDS}/{encoded}x")));
-            prop_assert!(matches!(a.status, StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND), "{} {}", a.status, String::from_utf8_lossy(&a.body));
-            prop_assert_eq!(a.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()), Some("application/problem+json"));
+            prop_assert!(
+                matches!(a.status, StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND),
+                "{} {}",
+                a.status,
+                String::from_utf8_lossy(&a.body)
+            );
+            prop_assert_eq!(
+                a.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()),
+                Some("application/problem+json")
+            );
             Ok(())
         })
         .unwrap();

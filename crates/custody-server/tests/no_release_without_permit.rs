@@ -16,17 +16,17 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::http::{header, Request, StatusCode};
+use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{TestCaseError, TestRunner};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 use tower::ServiceExt;
 
 use custody_core::{Action, FieldType, PrincipalId};
 use custody_policy::{LoadedPolicies, PreparedPrincipal, RequestContext, ResourceRef};
-use custody_server::admin::{add_principal, NewPrincipal};
+use custody_server::admin::{NewPrincipal, add_principal};
 use custody_server::api::{JUSTIFICATION_HEADER, PURPOSE_HEADER};
 use custody_server::{ServerConfig, ServerState};
 
@@ -121,7 +121,10 @@ impl World {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let state = ServerState::open(ServerConfig::for_data_dir(dir.path())).unwrap();
         // Plant under a set that permits every write, then leave the policies to each case.
-        state.policy.reload_sources(vec![("plant.cedar".into(), "permit(principal, action, resource);".into())]).unwrap();
+        state
+            .policy
+            .reload_sources(vec![("plant.cedar".into(), "permit(principal, action, resource);".into())])
+            .unwrap();
         let token = add_principal(
             state.auth.store().as_ref(),
             NewPrincipal {
@@ -207,7 +210,8 @@ impl Cond {
             Cond::Employer(e) => format!("principal.employer == \"{e}\""),
             Cond::Location(l) => format!("principal.location == \"{l}\""),
             Cond::OwnSubject => {
-                "(principal is Custody::Subject && resource has subject && resource.subject == principal.subject)".into()
+                "(principal is Custody::Subject && resource has subject && resource.subject == principal.subject)"
+                    .into()
             }
             Cond::NotClass(c) => format!("resource.class != \"{c}\""),
         }
@@ -260,13 +264,20 @@ fn render(rules: &[Rule]) -> String {
 
 fn principal() -> impl Strategy<Value = GenPrincipal> {
     (
-        prop::sample::select(KINDS.to_vec()),
+        // Subjects weigh double: their own-data permits are what differ record by record.
+        prop::sample::select(vec!["engineer", "workload", "subject", "subject", "monitor"]),
         prop::sample::select(LOCATIONS.to_vec()),
         prop::sample::select(vec!["provider", "platform", ""]),
         prop::sample::subsequence(ROLES.to_vec(), 0..=ROLES.len()),
         prop::sample::select(SUBJECTS.to_vec()),
     )
-        .prop_map(|(kind, location, employer, roles, subject)| GenPrincipal { kind, location, employer, roles, subject })
+        .prop_map(|(kind, location, employer, roles, subject)| GenPrincipal {
+            kind,
+            location,
+            employer,
+            roles,
+            subject,
+        })
 }
 
 fn context() -> impl Strategy<Value = GenContext> {
@@ -288,7 +299,7 @@ fn cond() -> impl Strategy<Value = Cond> {
         2 => prop::sample::select(KINDS.to_vec()).prop_map(Cond::Kind),
         1 => prop::sample::select(vec!["provider", "platform"]).prop_map(Cond::Employer),
         1 => prop::sample::select(LOCATIONS.to_vec()).prop_map(Cond::Location),
-        2 => Just(Cond::OwnSubject),
+        3 => Just(Cond::OwnSubject),
         1 => prop::sample::select(vec!["protected", "public", "aggregate"]).prop_map(Cond::NotClass),
     ]
 }
@@ -299,7 +310,8 @@ fn rule() -> impl Strategy<Value = Rule> {
         prop_oneof![2 => Just(vec!["read"]), 1 => Just(vec!["search"]), 3 => Just(vec!["read", "search"])],
         prop::option::weighted(0.3, prop::sample::select(KINDS.to_vec())),
         prop::option::weighted(0.7, prop::sample::select(vec!["protected", "public", "aggregate"])),
-        prop_oneof![2 => Just(0..1), 3 => Just(1..2), 1 => Just(2..3)].prop_flat_map(|n| prop::collection::vec(cond(), n)),
+        prop_oneof![2 => Just(0..1), 3 => Just(1..2), 1 => Just(2..3)]
+            .prop_flat_map(|n| prop::collection::vec(cond(), n)),
     )
         .prop_map(|(permit, actions, scope, class, conds)| Rule { permit, actions, scope, class, conds })
 }
@@ -322,7 +334,7 @@ fn case(records: usize) -> impl Strategy<Value = Case> {
         context(),
         prop::collection::vec(rule(), 1..6),
         0..records,
-        prop::sample::subsequence((0..records).collect::<Vec<_>>(), 0..=records),
+        prop::sample::subsequence((0..records).collect::<Vec<_>>(), 0..=records).prop_shuffle(),
         any::<bool>(),
         prop::sample::select(SEARCHABLE.to_vec()),
         0..records,
@@ -350,7 +362,8 @@ struct Model<'a> {
 
 impl Model<'_> {
     fn read_permitted(&self, r: &Planted, class: &str) -> bool {
-        let resource = ResourceRef { collection: COLLECTION, class, jurisdiction: r.jurisdiction, subject: Some(r.subject) };
+        let resource =
+            ResourceRef { collection: COLLECTION, class, jurisdiction: r.jurisdiction, subject: Some(r.subject) };
         self.world.state.policy.decide(self.set, self.prepared, Action::Read, &resource, self.ctx).is_permit()
     }
 
@@ -373,13 +386,23 @@ impl Model<'_> {
                 }
             }
         }
-        if visible.is_empty() && denied_any { (StatusCode::FORBIDDEN, BTreeSet::new()) } else { (StatusCode::OK, visible) }
+        if visible.is_empty() && denied_any {
+            (StatusCode::FORBIDDEN, BTreeSet::new())
+        } else {
+            (StatusCode::OK, visible)
+        }
     }
 }
 
 /// The no-leak check: every canary of every planted record either must or must not be in
 /// `body`; a canary present that the model did not permit is a leak.
-fn check(world: &World, what: &str, status: StatusCode, body: &[u8], want: (StatusCode, BTreeSet<String>)) -> Result<(), TestCaseError> {
+fn check(
+    world: &World,
+    what: &str,
+    status: StatusCode,
+    body: &[u8],
+    want: (StatusCode, BTreeSet<String>),
+) -> Result<(), TestCaseError> {
     let text = String::from_utf8_lossy(body);
     let (want_status, visible) = want;
     world.saw(format!("{what} {}", status.as_u16()), 1);
@@ -423,9 +446,20 @@ fn check_withheld(model: &Model<'_>, what: &str, body: &[u8]) -> Result<(), Test
     };
     for view in views {
         let id = view["id"].as_str().unwrap_or_default();
-        let r = model.world.records.iter().find(|r| r.id == id).ok_or_else(|| TestCaseError::fail(format!("{what}: unknown record `{id}`")))?;
-        let got: BTreeSet<String> = view["withheld"].as_array().into_iter().flatten().filter_map(|w| w["field"].as_str().map(String::from)).collect();
-        let want: BTreeSet<String> = r.canaries.iter().filter(|c| !model.read_permitted(r, &c.class)).map(|c| c.field.clone()).collect();
+        let r = model
+            .world
+            .records
+            .iter()
+            .find(|r| r.id == id)
+            .ok_or_else(|| TestCaseError::fail(format!("{what}: unknown record `{id}`")))?;
+        let got: BTreeSet<String> = view["withheld"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|w| w["field"].as_str().map(String::from))
+            .collect();
+        let want: BTreeSet<String> =
+            r.canaries.iter().filter(|c| !model.read_permitted(r, &c.class)).map(|c| c.field.clone()).collect();
         prop_assert_eq!(got, want, "{}: withheld of {}", what, id);
     }
     Ok(())
@@ -482,7 +516,9 @@ fn run_case(world: &World, case: &Case) -> Result<(), TestCaseError> {
 
     // get
     let target = &world.records[case.get];
-    let (status, body) = world.rt.block_on(send(state, request("GET", format!("/v1/collections/{COLLECTION}/records/{}", target.id), None)));
+    let (status, body) = world
+        .rt
+        .block_on(send(state, request("GET", format!("/v1/collections/{COLLECTION}/records/{}", target.id), None)));
     check(world, "get", status, &body, model.read(&[target]))?;
     if status == StatusCode::OK {
         check_withheld(&model, "get", &body)?;
@@ -494,7 +530,10 @@ fn run_case(world: &World, case: &Case) -> Result<(), TestCaseError> {
     if case.batch_missing {
         ids.push("r-missing");
     }
-    let (status, body) = world.rt.block_on(send(state, request("POST", format!("/v1/collections/{COLLECTION}/batch-get"), Some(json!({"ids": ids})))));
+    let (status, body) = world.rt.block_on(send(
+        state,
+        request("POST", format!("/v1/collections/{COLLECTION}/batch-get"), Some(json!({"ids": ids}))),
+    ));
     check(world, "batch-get", status, &body, model.read(&asked))?;
     if status == StatusCode::OK {
         check_withheld(&model, "batch-get", &body)?;
@@ -505,16 +544,22 @@ fn run_case(world: &World, case: &Case) -> Result<(), TestCaseError> {
     // search, by the target's canary in a searchable field (or a value nothing holds)
     let target = &world.records[case.search_target];
     let (_, coll) = state.guard.schema().collection(COLLECTION).unwrap();
-    let class = coll.fields.iter().find(|(k, _)| k.as_str() == case.search_field).map(|(_, s)| s.class.to_string()).unwrap();
+    let class =
+        coll.fields.iter().find(|(k, _)| k.as_str() == case.search_field).map(|(_, s)| s.class.to_string()).unwrap();
     let (value, found): (Value, Vec<&Planted>) = match target.canary(case.search_field) {
         Some(c) => (json!(c.text), vec![target]),
         None => (json!("no-such-value"), vec![]),
     };
     let (status, body) = world.rt.block_on(send(
         state,
-        request("POST", format!("/v1/collections/{COLLECTION}/search"), Some(json!({"field": case.search_field, "value": value}))),
+        request(
+            "POST",
+            format!("/v1/collections/{COLLECTION}/search"),
+            Some(json!({"field": case.search_field, "value": value})),
+        ),
     ));
-    let want = if model.search_permitted(&class) { model.read(&found) } else { (StatusCode::FORBIDDEN, BTreeSet::new()) };
+    let want =
+        if model.search_permitted(&class) { model.read(&found) } else { (StatusCode::FORBIDDEN, BTreeSet::new()) };
     check(world, "search", status, &body, want)?;
     if status == StatusCode::OK {
         check_withheld(&model, "search", &body)?;
@@ -535,8 +580,65 @@ fn no_field_of_a_denied_class_is_ever_released() {
     }
     let seen = world.seen.borrow();
     println!("outcomes: {seen:?}");
-    for what in ["get 200", "get 403", "batch-get 200", "search 200", "search 403", "canaries shown", "canaries kept back"] {
+    for what in
+        ["get 200", "get 403", "batch-get 200", "search 200", "search 403", "canaries shown", "canaries kept back"]
+    {
         assert!(seen.get(what).is_some_and(|&n| n > 0), "no `{what}` in {seen:?}: the generator has gone vacuous");
+    }
+}
+
+fn fixed(principal: GenPrincipal, rules: Vec<Rule>, batch: Vec<usize>) -> Case {
+    Case {
+        principal,
+        context: GenContext { purpose: Some("support"), justification: Some("T-1234") },
+        rules,
+        get: batch.first().copied().unwrap_or(0),
+        batch,
+        batch_missing: true,
+        search_field: "email",
+        search_target: 0,
+    }
+}
+
+fn read_rule(permit: bool, class: Option<&'static str>, conds: Vec<Cond>) -> Rule {
+    Rule { permit, actions: vec!["read", "search"], scope: None, class, conds }
+}
+
+/// Decisions differ record by record inside one batch (by subject, by jurisdiction), in
+/// either order: a decision made for one record must never be reused for another.
+#[test]
+fn per_record_decisions_within_one_batch() {
+    let world = World::new();
+    // Records: 0 r-us-1 (alice, US), 1 r-de-1 (bob, DE), 2 r-cn-1 (carol, CN),
+    // 3 r-us-2 (alice, US), 4 r-us-3 (dave, US).
+    let subject = |s| GenPrincipal { kind: "subject", location: "US", employer: "", roles: vec![], subject: s };
+    let engineer = |l| GenPrincipal {
+        kind: "engineer",
+        location: l,
+        employer: "provider",
+        roles: vec!["support"],
+        subject: "s-nobody",
+    };
+    let own = || vec![read_rule(true, None, vec![Cond::OwnSubject])];
+    let in_place = || vec![read_rule(true, None, vec![Cond::SameJurisdiction])];
+    let abroad_forbidden =
+        || vec![read_rule(true, None, vec![]), read_rule(false, Some("protected"), vec![Cond::OtherJurisdiction])];
+    let cases = [
+        fixed(subject("s-alice"), own(), vec![0, 4, 3]),
+        fixed(subject("s-alice"), own(), vec![4, 0, 1, 3]),
+        fixed(subject("s-dave"), own(), vec![0, 3, 4]),
+        fixed(subject("s-dave"), own(), vec![4, 0]),
+        fixed(subject("s-nobody"), own(), vec![0, 1, 2, 3, 4]),
+        fixed(engineer("US"), in_place(), vec![0, 1, 2]),
+        fixed(engineer("DE"), in_place(), vec![0, 1, 2]),
+        fixed(engineer("DE"), in_place(), vec![1, 0, 2]),
+        fixed(engineer("CN"), abroad_forbidden(), vec![2, 0, 1, 4]),
+        fixed(engineer("US"), abroad_forbidden(), vec![1, 2, 0]),
+    ];
+    for c in &cases {
+        if let Err(e) = run_case(&world, c) {
+            panic!("{e}\n{c:#?}");
+        }
     }
 }
 
@@ -545,7 +647,8 @@ fn no_field_of_a_denied_class_is_ever_released() {
 #[test]
 fn generated_sets_produce_both_permits_and_denials() {
     let world = World::new();
-    let mut runner = TestRunner::new(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() });
+    let mut runner =
+        TestRunner::new(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() });
     let mut seen = BTreeSet::new();
     for _ in 0..64 {
         let c = case(world.records.len()).new_tree(&mut runner).unwrap().current();

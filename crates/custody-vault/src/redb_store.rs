@@ -242,7 +242,9 @@ impl PrincipalStore for RedbStore {
         let r = self.records.begin_read()?;
         let t = r.open_table(PRINCIPALS)?;
         match t.get(id.as_str())? {
-            Some(v) => Ok(Some(serde_json::from_slice(v.value()).map_err(|_| VaultError::Corrupt(format!("principal {id}")))?)),
+            Some(v) => {
+                Ok(Some(serde_json::from_slice(v.value()).map_err(|_| VaultError::Corrupt(format!("principal {id}")))?))
+            }
             None => Ok(None),
         }
     }
@@ -261,7 +263,10 @@ impl PrincipalStore for RedbStore {
         let mut out = Vec::new();
         for entry in t.iter()? {
             let (k, v) = entry?;
-            out.push(serde_json::from_slice(v.value()).map_err(|_| VaultError::Corrupt(format!("principal {}", k.value())))?);
+            out.push(
+                serde_json::from_slice(v.value())
+                    .map_err(|_| VaultError::Corrupt(format!("principal {}", k.value())))?,
+            );
         }
         Ok(out)
     }

@@ -7,8 +7,7 @@ use serde_json::Value;
 
 use custody_core::{CollectionName, DataClass, FieldName, Jurisdiction, RecordId, Schema, SubjectId, ValidatedFields};
 use custody_crypto::{
-    open_field, seal_field, BlindIndexKey, BlindIndexTerm, DataKey, FieldContext, KeyProvider, KeyVersion,
-    PseudonymKey,
+    BlindIndexKey, BlindIndexTerm, DataKey, FieldContext, KeyProvider, KeyVersion, PseudonymKey, open_field, seal_field,
 };
 
 use crate::{KeyState, KeyStore, RecordStore, StoredRecord, StoredValue, VaultError, WrappedKey};
@@ -233,7 +232,8 @@ impl Vault {
                 // A plaintext value where the schema demands a sealed one was planted.
                 return Err(VaultError::Integrity(format!("field `{fname}` of `{collection}/{id}` is not sealed")));
             }
-            let value: Value = serde_json::from_slice(&json).map_err(|_| VaultError::Corrupt(format!("{collection}/{id}")))?;
+            let value: Value =
+                serde_json::from_slice(&json).map_err(|_| VaultError::Corrupt(format!("{collection}/{id}")))?;
             fields.insert(fname.clone(), value);
         }
         Ok(OpenedRecord { fields })
@@ -320,7 +320,15 @@ searchable = true
         let body = serde_json::json!({"email": email, "phone": "555", "handle": format!("h-{id}")});
         let fields = f.schema.validate_fields(&c, body.as_object().unwrap(), false).unwrap();
         f.vault
-            .write(&f.schema, &c, &r, &SubjectId::new(subject).unwrap(), &Jurisdiction::new("US").unwrap(), &fields, WriteMode::Create)
+            .write(
+                &f.schema,
+                &c,
+                &r,
+                &SubjectId::new(subject).unwrap(),
+                &Jurisdiction::new("US").unwrap(),
+                &fields,
+                WriteMode::Create,
+            )
             .unwrap();
     }
 
@@ -381,8 +389,17 @@ searchable = true
         assert!(matches!(open_all(&f, "r2"), Err(VaultError::Erased(_))));
         assert_eq!(open_all(&f, "r3").unwrap().fields.len(), 3);
         let (c, r) = ids("profiles", "r4");
-        let fields = f.schema.validate_fields(&c, serde_json::json!({"email": "z"}).as_object().unwrap(), true).unwrap();
-        let again = f.vault.write(&f.schema, &c, &r, &SubjectId::new("s1").unwrap(), &Jurisdiction::new("US").unwrap(), &fields, WriteMode::Create);
+        let fields =
+            f.schema.validate_fields(&c, serde_json::json!({"email": "z"}).as_object().unwrap(), true).unwrap();
+        let again = f.vault.write(
+            &f.schema,
+            &c,
+            &r,
+            &SubjectId::new("s1").unwrap(),
+            &Jurisdiction::new("US").unwrap(),
+            &fields,
+            WriteMode::Create,
+        );
         assert!(matches!(again, Err(VaultError::Erased(_))), "an erased subject gets no new key");
     }
 
@@ -394,9 +411,18 @@ searchable = true
         let c = CollectionName::new("profiles").unwrap();
         let email = FieldName::new("email").unwrap();
         assert_eq!(f.vault.search(&c, &email, &"a@x".into(), 10).unwrap().len(), 2);
-        let fields = f.schema.validate_fields(&c, serde_json::json!({"email": "new@x"}).as_object().unwrap(), true).unwrap();
+        let fields =
+            f.schema.validate_fields(&c, serde_json::json!({"email": "new@x"}).as_object().unwrap(), true).unwrap();
         f.vault
-            .write(&f.schema, &c, &RecordId::new("r1").unwrap(), &SubjectId::new("s1").unwrap(), &Jurisdiction::new("US").unwrap(), &fields, WriteMode::Update)
+            .write(
+                &f.schema,
+                &c,
+                &RecordId::new("r1").unwrap(),
+                &SubjectId::new("s1").unwrap(),
+                &Jurisdiction::new("US").unwrap(),
+                &fields,
+                WriteMode::Update,
+            )
             .unwrap();
         assert_eq!(f.vault.search(&c, &email, &"a@x".into(), 10).unwrap(), vec![RecordId::new("r2").unwrap()]);
         assert_eq!(f.vault.search(&c, &email, &"new@x".into(), 10).unwrap(), vec![RecordId::new("r1").unwrap()]);

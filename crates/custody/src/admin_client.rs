@@ -6,8 +6,8 @@ use std::path::Path;
 
 use anyhow::Context;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
 use hyper::Request;
+use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 
 /// An answer from the operator API.
@@ -22,7 +22,12 @@ pub(crate) async fn server_running(socket: &Path) -> bool {
 }
 
 /// Sends one request to the operator socket.
-pub(crate) async fn call(socket: &Path, method: &str, path: &str, body: Option<serde_json::Value>) -> anyhow::Result<Answer> {
+pub(crate) async fn call(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<Answer> {
     let stream = tokio::net::UnixStream::connect(socket)
         .await
         .with_context(|| format!("cannot reach the server's operator socket `{}`", socket.display()))?;

@@ -122,7 +122,11 @@ impl Settings {
         };
         for key in table.keys() {
             if !KEYS.contains(&key.as_str()) {
-                problems.push(format!("`{key}` in `{}` is not a custody setting (known: {})", file.display(), KEYS.join(", ")));
+                problems.push(format!(
+                    "`{key}` in `{}` is not a custody setting (known: {})",
+                    file.display(),
+                    KEYS.join(", ")
+                ));
             }
         }
         let data_dir = args
@@ -147,7 +151,8 @@ impl Settings {
             .or_else(|| file_str(&table, "jurisdiction", &mut problems, &file))
             .unwrap_or_else(|| DEFAULT_JURISDICTION.into());
         let jurisdiction = Jurisdiction::new(j_raw).map_err(|e| problems.push(format!("`jurisdiction`: {e}")));
-        let schema = args.schema.clone().or_else(|| file_str(&table, "schema", &mut problems, &file).map(PathBuf::from));
+        let schema =
+            args.schema.clone().or_else(|| file_str(&table, "schema", &mut problems, &file).map(PathBuf::from));
         if let Some(s) = &schema {
             if !s.is_file() {
                 problems.push(format!("`schema`: `{}` is not a readable file", s.display()));
@@ -174,7 +179,8 @@ impl Settings {
         if !(1..=65536).contains(&batch) {
             problems.push(format!("`audit_max_batch`: {batch} is outside 1..=65536"));
         }
-        let log = args.log.clone().or_else(|| file_str(&table, "log", &mut problems, &file)).unwrap_or_else(|| "info".into());
+        let log =
+            args.log.clone().or_else(|| file_str(&table, "log", &mut problems, &file)).unwrap_or_else(|| "info".into());
         if tracing_subscriber::EnvFilter::try_new(&log).is_err() {
             problems.push(format!("`log`: `{log}` is not a log filter (try `info` or `custody=debug`)"));
         }

@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use custody_client::{Client, ClientError, Reason};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_custody");
 
@@ -32,7 +32,13 @@ impl Server {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let child = Command::new(BIN)
-            .args(["--data-dir", dir.path().join("data").to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}"), "serve"])
+            .args([
+                "--data-dir",
+                dir.path().join("data").to_str().unwrap(),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "serve",
+            ])
             .env("CUSTODY_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -101,9 +107,11 @@ struct Cast {
 fn cast(s: &Server) -> Cast {
     Cast {
         app: s.client(&s.principal("clips-backend", "workload", "US", &["--role", "app-backend"])),
-        engineer: s.client(&s.principal("alice", "engineer", "US", &["--employer", "provider", "--role", "support"]))
+        engineer: s
+            .client(&s.principal("alice", "engineer", "US", &["--employer", "provider", "--role", "support"]))
             .with_reason(Reason::new("support", "TICKET-42")),
-        abroad: s.client(&s.principal("dieter", "engineer", "DE", &["--employer", "provider"]))
+        abroad: s
+            .client(&s.principal("dieter", "engineer", "DE", &["--employer", "provider"]))
             .with_reason(Reason::new("support", "TICKET-43")),
         monitor: s.client(&s.principal("auditor", "monitor", "US", &[])),
     }
@@ -241,7 +249,11 @@ async fn broken_policy_reload_is_refused_and_old_set_keeps_serving() {
     seed(&c.app, "u1", "subj-1", "canary-c").await;
     let policies = s.data().join("policies");
 
-    std::fs::write(policies.join("50-broken.cedar"), "permit(principal, action, resource) when { resource.no_such_attr };").unwrap();
+    std::fs::write(
+        policies.join("50-broken.cedar"),
+        "permit(principal, action, resource) when { resource.no_such_attr };",
+    )
+    .unwrap();
     let out = s.cli(&["policy", "reload"]);
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
     let err = String::from_utf8_lossy(&out.stderr);

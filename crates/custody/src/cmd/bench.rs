@@ -16,11 +16,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use custody_core::{CollectionName, RecordId};
-use custody_server::admin::{add_principal, NewPrincipal};
+use custody_server::admin::{NewPrincipal, add_principal};
 use custody_server::{ServerConfig, ServerState};
 
-use crate::config::Settings;
 use crate::Format;
+use crate::config::Settings;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct BenchArgs {
@@ -65,13 +65,18 @@ pub(crate) fn profile(n: usize) -> serde_json::Map<String, serde_json::Value> {
 
 type Baseline = Arc<ServerState>;
 
-async fn unguarded(State(s): State<Baseline>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, axum::http::StatusCode> {
+async fn unguarded(
+    State(s): State<Baseline>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, axum::http::StatusCode> {
     let bad = |_| axum::http::StatusCode::BAD_REQUEST;
     let c = CollectionName::new("profiles").map_err(bad)?;
     let id = RecordId::new(id).map_err(bad)?;
     let v = s.guard.vault();
     let stored = v.load(&c, &id).map_err(|_| axum::http::StatusCode::NOT_FOUND)?;
-    let opened = v.open(s.guard.schema(), &c, &id, &stored, |_| true).map_err(|_| axum::http::StatusCode::INTERNAL_SERVER_ERROR)?;
+    let opened = v
+        .open(s.guard.schema(), &c, &id, &stored, |_| true)
+        .map_err(|_| axum::http::StatusCode::INTERNAL_SERVER_ERROR)?;
     let fields: serde_json::Map<_, _> = opened.fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     Ok(Json(json!({"record": {"id": id.as_str(), "fields": fields}})))
 }
@@ -89,14 +94,30 @@ async fn bench(settings: &Settings, format: Format, args: BenchArgs) -> anyhow::
     let state = ServerState::open(cfg)?;
     let store = state.auth.store().clone();
     let loc = settings.server.jurisdiction.to_string();
-    let app = add_principal(store.as_ref(), NewPrincipal {
-        id: "bench-app".into(), kind: "workload".into(), location: loc.clone(), employer: "platform".into(),
-        roles: vec!["app-backend".into()], subject: None, tags: Default::default(),
-    })?;
-    let eng = add_principal(store.as_ref(), NewPrincipal {
-        id: "bench-engineer".into(), kind: "engineer".into(), location: loc, employer: "provider".into(),
-        roles: vec!["support".into()], subject: None, tags: Default::default(),
-    })?;
+    let app = add_principal(
+        store.as_ref(),
+        NewPrincipal {
+            id: "bench-app".into(),
+            kind: "workload".into(),
+            location: loc.clone(),
+            employer: "platform".into(),
+            roles: vec!["app-backend".into()],
+            subject: None,
+            tags: Default::default(),
+        },
+    )?;
+    let eng = add_principal(
+        store.as_ref(),
+        NewPrincipal {
+            id: "bench-engineer".into(),
+            kind: "engineer".into(),
+            location: loc,
+            employer: "provider".into(),
+            roles: vec!["support".into()],
+            subject: None,
+            tags: Default::default(),
+        },
+    )?;
 
     let api = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let api_addr = api.local_addr()?;
@@ -113,7 +134,10 @@ async fn bench(settings: &Settings, format: Format, args: BenchArgs) -> anyhow::
     let bar = ProgressBar::new(args.records as u64)
         .with_style(ProgressStyle::with_template("seeding {bar:40} {pos}/{len} profiles {per_sec}")?);
     for n in 0..args.records {
-        seeder.create("profiles", Some(&format!("p{n}")), &format!("subject-{n}"), profile(n)).await.context("seeding")?;
+        seeder
+            .create("profiles", Some(&format!("p{n}")), &format!("subject-{n}"), profile(n))
+            .await
+            .context("seeding")?;
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -128,7 +152,16 @@ async fn bench(settings: &Settings, format: Format, args: BenchArgs) -> anyhow::
             };
             let spinner = ProgressBar::new_spinner().with_message(format!("round {} {target}", round + 1));
             spinner.enable_steady_tick(Duration::from_millis(200));
-            let f = drive(&http, &url, &eng.token, target, args.concurrency, Duration::from_secs(args.seconds), args.records).await;
+            let f = drive(
+                &http,
+                &url,
+                &eng.token,
+                target,
+                args.concurrency,
+                Duration::from_secs(args.seconds),
+                args.records,
+            )
+            .await;
             spinner.finish_and_clear();
             results.push(f);
         }
@@ -140,16 +173,28 @@ async fn bench(settings: &Settings, format: Format, args: BenchArgs) -> anyhow::
     let best = |t: &str| results.iter().filter(|f| f.target == t).map(|f| f.req_per_s).fold(0.0, f64::max);
     let ratio = best("guarded") / best("unguarded").max(1.0);
     match format {
-        Format::Json => println!("{}", json!({
-            "concurrency": args.concurrency, "seconds": args.seconds, "records": args.records,
-            "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-            "rounds": results, "guarded_over_unguarded_throughput": ratio,
-        })),
+        Format::Json => println!(
+            "{}",
+            json!({
+                "concurrency": args.concurrency, "seconds": args.seconds, "records": args.records,
+                "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+                "rounds": results, "guarded_over_unguarded_throughput": ratio,
+            })
+        ),
         Format::Human => {
-            println!("guarded vs unguarded reads over loopback HTTP: {} clients, {} s rounds, {} profiles (~1 KB, 3 protected fields)", args.concurrency, args.seconds, args.records);
-            println!("{:<10} {:>9} {:>7} {:>10} {:>9} {:>9}", "target", "requests", "errors", "req/s", "p50 µs", "p99 µs");
+            println!(
+                "guarded vs unguarded reads over loopback HTTP: {} clients, {} s rounds, {} profiles (~1 KB, 3 protected fields)",
+                args.concurrency, args.seconds, args.records
+            );
+            println!(
+                "{:<10} {:>9} {:>7} {:>10} {:>9} {:>9}",
+                "target", "requests", "errors", "req/s", "p50 µs", "p99 µs"
+            );
             for f in &results {
-                println!("{:<10} {:>9} {:>7} {:>10.0} {:>9} {:>9}", f.target, f.requests, f.errors, f.req_per_s, f.p50_us, f.p99_us);
+                println!(
+                    "{:<10} {:>9} {:>7} {:>10.0} {:>9} {:>9}",
+                    f.target, f.requests, f.errors, f.req_per_s, f.p50_us, f.p99_us
+                );
             }
             println!("guarded throughput is {:.2}x unguarded (best rounds)", ratio);
         }
@@ -205,6 +250,14 @@ async fn drive(
     }
     let elapsed = start.elapsed().as_secs_f64();
     all.sort_unstable();
-    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0);
-    Figures { target, requests: all.len(), errors, req_per_s: all.len() as f64 / elapsed, p50_us: pct(0.50), p99_us: pct(0.99) }
+    let pct =
+        |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0);
+    Figures {
+        target,
+        requests: all.len(),
+        errors,
+        req_per_s: all.len() as f64 / elapsed,
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+    }
 }

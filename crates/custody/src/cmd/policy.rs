@@ -6,10 +6,10 @@ use clap::Subcommand;
 use custody_policy::PolicyEngine;
 use custody_server::DataDir;
 
+use crate::Format;
 use crate::admin_client;
 use crate::config::Settings;
-use crate::exit::{fail, Exit};
-use crate::Format;
+use crate::exit::{Exit, fail};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum PolicyCmd {
@@ -35,10 +35,13 @@ pub(crate) fn run(settings: &Settings, format: Format, cmd: PolicyCmd) -> anyhow
                 Some(d) => d,
                 None => DataDir::prepare(&settings.server).map_err(|e| fail(Exit::Error, e.to_string()))?.policies,
             };
-            let engine = PolicyEngine::load_dir(settings.server.jurisdiction.clone(), &dir).map_err(|e| fail(Exit::BadInput, e.to_string()))?;
+            let engine = PolicyEngine::load_dir(settings.server.jurisdiction.clone(), &dir)
+                .map_err(|e| fail(Exit::BadInput, e.to_string()))?;
             let set = engine.current();
             match format {
-                Format::Json => println!("{}", serde_json::json!({"policy_set": set.hash().to_string(), "policies": set.ids()})),
+                Format::Json => {
+                    println!("{}", serde_json::json!({"policy_set": set.hash().to_string(), "policies": set.ids()}))
+                }
                 Format::Human => println!("ok: {} policies, set {}", set.ids().len(), set.hash()),
             }
             Ok(())
@@ -47,7 +50,10 @@ pub(crate) fn run(settings: &Settings, format: Format, cmd: PolicyCmd) -> anyhow
             let dirs = DataDir::prepare(&settings.server).map_err(|e| fail(Exit::Error, e.to_string()))?;
             let rt = super::runtime()?;
             if !rt.block_on(admin_client::server_running(&dirs.admin_socket)) {
-                return Err(fail(Exit::Error, format!("no custody server is running on data dir `{}`", dirs.root.display())));
+                return Err(fail(
+                    Exit::Error,
+                    format!("no custody server is running on data dir `{}`", dirs.root.display()),
+                ));
             }
             let a = rt.block_on(admin_client::call(&dirs.admin_socket, "POST", "/admin/policy/reload", None))?;
             if a.status != 200 {

@@ -3,14 +3,14 @@
 use std::collections::BTreeMap;
 
 use clap::Subcommand;
-use custody_server::admin::{self, AdminError, NewPrincipal};
 use custody_server::DataDir;
+use custody_server::admin::{self, AdminError, NewPrincipal};
 use custody_vault::RedbStore;
 
+use crate::Format;
 use crate::admin_client;
 use crate::config::Settings;
-use crate::exit::{fail, Exit};
-use crate::Format;
+use crate::exit::{Exit, fail};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum PrincipalCmd {
@@ -78,9 +78,22 @@ pub(crate) fn run(settings: &Settings, format: Format, cmd: PrincipalCmd) -> any
     let online = rt.block_on(admin_client::server_running(&dirs.admin_socket));
     let value = match cmd {
         PrincipalCmd::Add { id, kind, location, employer, roles, subject, attrs } => {
-            let req = NewPrincipal { id, kind, location, employer, roles, subject, tags: attrs.into_iter().collect::<BTreeMap<_, _>>() };
+            let req = NewPrincipal {
+                id,
+                kind,
+                location,
+                employer,
+                roles,
+                subject,
+                tags: attrs.into_iter().collect::<BTreeMap<_, _>>(),
+            };
             if online {
-                answer(rt.block_on(admin_client::call(&dirs.admin_socket, "POST", "/admin/principals", Some(serde_json::to_value(&req)?)))?)?
+                answer(rt.block_on(admin_client::call(
+                    &dirs.admin_socket,
+                    "POST",
+                    "/admin/principals",
+                    Some(serde_json::to_value(&req)?),
+                ))?)?
             } else {
                 let store = RedbStore::open(&dirs.root, &dirs.keys)?;
                 serde_json::to_value(admin::add_principal(&store, req).map_err(admin_fail)?)?
@@ -88,7 +101,12 @@ pub(crate) fn run(settings: &Settings, format: Format, cmd: PrincipalCmd) -> any
         }
         PrincipalCmd::Revoke { id } => {
             if online {
-                answer(rt.block_on(admin_client::call(&dirs.admin_socket, "POST", &format!("/admin/principals/{id}/revoke"), None))?)?
+                answer(rt.block_on(admin_client::call(
+                    &dirs.admin_socket,
+                    "POST",
+                    &format!("/admin/principals/{id}/revoke"),
+                    None,
+                ))?)?
             } else {
                 let store = RedbStore::open(&dirs.root, &dirs.keys)?;
                 serde_json::to_value(admin::revoke_principal(&store, &id).map_err(admin_fail)?)?
@@ -114,7 +132,12 @@ fn print(format: Format, v: &serde_json::Value) {
     }
     if let Some(token) = v.get("token").and_then(|t| t.as_str()) {
         let p = &v["principal"];
-        println!("added {} {} (location {})", p["kind"].as_str().unwrap_or(""), p["id"].as_str().unwrap_or(""), p["attrs"]["location"].as_str().unwrap_or(""));
+        println!(
+            "added {} {} (location {})",
+            p["kind"].as_str().unwrap_or(""),
+            p["id"].as_str().unwrap_or(""),
+            p["attrs"]["location"].as_str().unwrap_or("")
+        );
         println!("token (shown once, store it now):");
         println!("{token}");
     } else if let Some(list) = v.as_array() {
@@ -125,7 +148,10 @@ fn print(format: Format, v: &serde_json::Value) {
                 p["kind"].as_str().unwrap_or(""),
                 p["attrs"]["location"].as_str().unwrap_or(""),
                 p["attrs"]["employer"].as_str().unwrap_or(""),
-                p["attrs"]["roles"].as_array().map(|r| r.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(",")).unwrap_or_default(),
+                p["attrs"]["roles"]
+                    .as_array()
+                    .map(|r| r.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(","))
+                    .unwrap_or_default(),
                 if p["revoked"].as_bool() == Some(true) { "  (revoked)" } else { "" },
             );
         }

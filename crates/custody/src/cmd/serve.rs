@@ -3,9 +3,9 @@
 use anyhow::Context;
 use custody_server::{DataDir, ServerState};
 
-use crate::config::Settings;
-use crate::exit::{fail, Exit};
 use crate::Format;
+use crate::config::Settings;
+use crate::exit::{Exit, fail};
 
 /// Runs the server until SIGINT or SIGTERM; SIGHUP reloads the policy directory.
 pub(crate) fn run(settings: &Settings) -> anyhow::Result<()> {
@@ -30,7 +30,11 @@ pub(crate) fn run(settings: &Settings) -> anyhow::Result<()> {
             policies = policies.ids().len(),
             "custody serving"
         );
-        eprintln!("custody serving http://{addr} (jurisdiction {}, data dir {})", cfg.jurisdiction, state.dirs.root.display());
+        eprintln!(
+            "custody serving http://{addr} (jurisdiction {}, data dir {})",
+            cfg.jurisdiction,
+            state.dirs.root.display()
+        );
         eprintln!("  API description: http://{addr}/openapi.json   metrics: http://{addr}/metrics");
         if state.auth.store().principals().map(|p| p.is_empty()).unwrap_or(false) {
             eprintln!("  no principals yet; in another terminal try:");
