@@ -67,10 +67,10 @@ impl FileAuditSink {
             file.sync_all().map_err(|e| fail("cannot sync", e))?;
         }
         file.seek(SeekFrom::End(0)).map_err(|e| fail("cannot seek", e))?;
-        if let Some(dir) = path.parent() {
-            if let Ok(d) = File::open(dir) {
-                let _ = d.sync_all();
-            }
+        if let Some(dir) = path.parent()
+            && let Ok(d) = File::open(dir)
+        {
+            let _ = d.sync_all();
         }
         let (tx, rx) = mpsc::sync_channel::<Job>(opts.queue.max(1));
         let failed = Arc::new(AtomicBool::new(false));

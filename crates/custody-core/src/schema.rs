@@ -188,10 +188,8 @@ impl Schema {
             check_value(fname, spec.kind, value)?;
             out.insert(fname.clone(), value.clone());
         }
-        if !partial {
-            if let Some((missing, _)) = coll.fields.iter().find(|(k, s)| s.required && !out.contains_key(*k)) {
-                return Err(SchemaError::MissingField(missing.to_string()));
-            }
+        if !partial && let Some((missing, _)) = coll.fields.iter().find(|(k, s)| s.required && !out.contains_key(*k)) {
+            return Err(SchemaError::MissingField(missing.to_string()));
         }
         Ok(out)
     }

@@ -67,10 +67,10 @@ impl FileKeyProvider {
         let mut f = opts.open(path).map_err(io)?;
         f.write_all(kek.as_bytes()).map_err(io)?;
         f.sync_all().map_err(io)?;
-        if let Some(dir) = path.parent() {
-            if let Ok(d) = fs::File::open(dir) {
-                let _ = d.sync_all();
-            }
+        if let Some(dir) = path.parent()
+            && let Ok(d) = fs::File::open(dir)
+        {
+            let _ = d.sync_all();
         }
         Ok(Self { kek, path: path.to_path_buf() })
     }

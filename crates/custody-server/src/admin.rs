@@ -110,7 +110,7 @@ pub fn add_principal(store: &dyn PrincipalStore, req: NewPrincipal) -> Result<Is
     if kind == PrincipalKind::Subject && subject.is_none() {
         return Err(AdminError::Invalid("a subject principal needs `subject`".into()));
     }
-    for (k, _) in &req.tags {
+    for k in req.tags.keys() {
         if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
             return Err(AdminError::Invalid(format!("attribute name `{k}` must be letters, digits, `_` or `-`")));
         }

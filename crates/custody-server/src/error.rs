@@ -10,9 +10,12 @@ use crate::auth::AuthError;
 use crate::guard::GuardError;
 use crate::wire::{Problem, Receipt, Withheld};
 
-/// An API error, rendered as an RFC 9457 problem document.
+/// An API error, rendered as an RFC 9457 problem document. Boxed: errors are the cold path.
 #[derive(Debug)]
-pub struct ApiError {
+pub struct ApiError(Box<Inner>);
+
+#[derive(Debug)]
+struct Inner {
     status: StatusCode,
     name: &'static str,
     title: &'static str,
@@ -25,7 +28,15 @@ pub struct ApiError {
 impl ApiError {
     /// A problem with the given status, stable name, title and detail.
     pub fn new(status: StatusCode, name: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
-        Self { status, name, title, detail: detail.into(), withheld: Vec::new(), receipt: None, retry_after: None }
+        Self(Box::new(Inner {
+            status,
+            name,
+            title,
+            detail: detail.into(),
+            withheld: Vec::new(),
+            receipt: None,
+            retry_after: None,
+        }))
     }
 
     /// 400 with a detail naming the problem.
@@ -46,7 +57,7 @@ impl ApiError {
 
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
-        self.status
+        self.0.status
     }
 }
 
@@ -80,8 +91,8 @@ impl From<GuardError> for ApiError {
                     "Access denied",
                     "no requested data class is permitted; the denial is logged",
                 );
-                p.withheld = withheld;
-                p.receipt = Some(receipt);
+                p.0.withheld = withheld;
+                p.0.receipt = Some(receipt);
                 p
             }
             GuardError::Conflict(_) => Self::new(StatusCode::CONFLICT, "conflict", "Conflict", e.to_string()),
@@ -94,7 +105,7 @@ impl From<GuardError> for ApiError {
                     "Audit unavailable",
                     "the access could not be recorded, so nothing was released",
                 );
-                p.retry_after = Some(1);
+                p.0.retry_after = Some(1);
                 p
             }
             GuardError::Integrity(cause) => {
@@ -113,18 +124,19 @@ impl From<GuardError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let this = *self.0;
         let body = Problem {
-            kind: format!("urn:custody:problem:{}", self.name),
-            title: self.title.to_string(),
-            status: self.status.as_u16(),
-            detail: self.detail,
-            withheld: self.withheld,
-            receipt: self.receipt,
+            kind: format!("urn:custody:problem:{}", this.name),
+            title: this.title.to_string(),
+            status: this.status.as_u16(),
+            detail: this.detail,
+            withheld: this.withheld,
+            receipt: this.receipt,
         };
         let bytes = serde_json::to_vec(&body).unwrap_or_default();
-        let mut resp = (self.status, bytes).into_response();
+        let mut resp = (this.status, bytes).into_response();
         resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
-        if let Some(s) = self.retry_after {
+        if let Some(s) = this.retry_after {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
         resp

@@ -139,13 +139,16 @@ impl World {
         )
         .unwrap()
         .token;
-        let layout: [(&str, &str, &str, Option<&[&str]>); 5] = [
+        // Subjects with several records, in one jurisdiction and in two, so that a decision
+        // reused across subjects or jurisdictions shows up as a leak.
+        let layout: [(&str, &str, &str, Option<&[&str]>); 6] = [
             ("r-us-1", "s-alice", "US", None),
             ("r-de-1", "s-bob", "DE", None),
             ("r-cn-1", "s-carol", "CN", None),
             ("r-us-2", "s-alice", "US", None),
             // A sparse record: absent fields are neither released nor withheld.
             ("r-us-3", "s-dave", "US", Some(&["handle", "email", "watch_minutes"])),
+            ("r-de-2", "s-alice", "DE", None),
         ];
         let mut n = 0;
         let mut records = Vec::new();
@@ -610,7 +613,7 @@ fn read_rule(permit: bool, class: Option<&'static str>, conds: Vec<Cond>) -> Rul
 fn per_record_decisions_within_one_batch() {
     let world = World::new();
     // Records: 0 r-us-1 (alice, US), 1 r-de-1 (bob, DE), 2 r-cn-1 (carol, CN),
-    // 3 r-us-2 (alice, US), 4 r-us-3 (dave, US).
+    // 3 r-us-2 (alice, US), 4 r-us-3 (dave, US), 5 r-de-2 (alice, DE).
     let subject = |s| GenPrincipal { kind: "subject", location: "US", employer: "", roles: vec![], subject: s };
     let engineer = |l| GenPrincipal {
         kind: "engineer",
@@ -634,6 +637,10 @@ fn per_record_decisions_within_one_batch() {
         fixed(engineer("DE"), in_place(), vec![1, 0, 2]),
         fixed(engineer("CN"), abroad_forbidden(), vec![2, 0, 1, 4]),
         fixed(engineer("US"), abroad_forbidden(), vec![1, 2, 0]),
+        fixed(engineer("US"), in_place(), vec![0, 5]),
+        fixed(engineer("DE"), in_place(), vec![0, 5, 3]),
+        fixed(engineer("US"), abroad_forbidden(), vec![5, 3]),
+        fixed(subject("s-alice"), own(), vec![5, 1, 0, 4]),
     ];
     for c in &cases {
         if let Err(e) = run_case(&world, c) {

@@ -153,17 +153,17 @@ impl Settings {
         let jurisdiction = Jurisdiction::new(j_raw).map_err(|e| problems.push(format!("`jurisdiction`: {e}")));
         let schema =
             args.schema.clone().or_else(|| file_str(&table, "schema", &mut problems, &file).map(PathBuf::from));
-        if let Some(s) = &schema {
-            if !s.is_file() {
-                problems.push(format!("`schema`: `{}` is not a readable file", s.display()));
-            }
+        if let Some(s) = &schema
+            && !s.is_file()
+        {
+            problems.push(format!("`schema`: `{}` is not a readable file", s.display()));
         }
         let policy_dir =
             args.policy_dir.clone().or_else(|| file_str(&table, "policy_dir", &mut problems, &file).map(PathBuf::from));
-        if let Some(d) = &policy_dir {
-            if !d.is_dir() {
-                problems.push(format!("`policy_dir`: `{}` is not a directory", d.display()));
-            }
+        if let Some(d) = &policy_dir
+            && !d.is_dir()
+        {
+            problems.push(format!("`policy_dir`: `{}` is not a directory", d.display()));
         }
         let max_body = args
             .max_body_bytes

@@ -64,8 +64,8 @@ pub(crate) fn run(settings: &Settings, format: Format, cmd: PolicyCmd) -> anyhow
                 Format::Json => println!("{}", a.body),
                 Format::Human => println!(
                     "reloaded: {} policies, set {}",
-                    a.body["policies"].as_array().map_or(0, Vec::len),
-                    a.body["policy_set"].as_str().unwrap_or("")
+                    a.body.get("policies").unwrap_or(&serde_json::Value::Null).as_array().map_or(0, Vec::len),
+                    a.body.get("policy_set").unwrap_or(&serde_json::Value::Null).as_str().unwrap_or("")
                 ),
             }
             Ok(())

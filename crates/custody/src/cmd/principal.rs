@@ -131,12 +131,12 @@ fn print(format: Format, v: &serde_json::Value) {
         return;
     }
     if let Some(token) = v.get("token").and_then(|t| t.as_str()) {
-        let p = &v["principal"];
+        let p = &v.get("principal").unwrap_or(&serde_json::Value::Null);
         println!(
             "added {} {} (location {})",
-            p["kind"].as_str().unwrap_or(""),
-            p["id"].as_str().unwrap_or(""),
-            p["attrs"]["location"].as_str().unwrap_or("")
+            p.get("kind").unwrap_or(&serde_json::Value::Null).as_str().unwrap_or(""),
+            p.get("id").unwrap_or(&serde_json::Value::Null).as_str().unwrap_or(""),
+            p.pointer("/attrs/location").unwrap_or(&serde_json::Value::Null).as_str().unwrap_or("")
         );
         println!("token (shown once, store it now):");
         println!("{token}");
@@ -144,19 +144,24 @@ fn print(format: Format, v: &serde_json::Value) {
         for p in list {
             println!(
                 "{:<24} {:<9} {:<4} {:<10} {}{}",
-                p["id"].as_str().unwrap_or(""),
-                p["kind"].as_str().unwrap_or(""),
-                p["attrs"]["location"].as_str().unwrap_or(""),
-                p["attrs"]["employer"].as_str().unwrap_or(""),
-                p["attrs"]["roles"]
+                p.get("id").unwrap_or(&serde_json::Value::Null).as_str().unwrap_or(""),
+                p.get("kind").unwrap_or(&serde_json::Value::Null).as_str().unwrap_or(""),
+                p.pointer("/attrs/location").unwrap_or(&serde_json::Value::Null).as_str().unwrap_or(""),
+                p.pointer("/attrs/employer").unwrap_or(&serde_json::Value::Null).as_str().unwrap_or(""),
+                p.pointer("/attrs/roles")
+                    .unwrap_or(&serde_json::Value::Null)
                     .as_array()
                     .map(|r| r.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(","))
                     .unwrap_or_default(),
-                if p["revoked"].as_bool() == Some(true) { "  (revoked)" } else { "" },
+                if p.get("revoked").unwrap_or(&serde_json::Value::Null).as_bool() == Some(true) {
+                    "  (revoked)"
+                } else {
+                    ""
+                },
             );
         }
     } else if v.get("revoked").is_some() {
-        println!("revoked {}", v["id"].as_str().unwrap_or(""));
+        println!("revoked {}", v.get("id").unwrap_or(&serde_json::Value::Null).as_str().unwrap_or(""));
     } else {
         println!("{v}");
     }
