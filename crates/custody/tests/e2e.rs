@@ -298,6 +298,31 @@ async fn no_file_in_the_data_dir_holds_a_protected_value() {
     assert!(checked >= 5, "{checked} files");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_policies() {
+    let s = Server::start();
+    let c = cast(&s);
+    seed(&c.app, "u1", "subj-1", "canary-d").await;
+    assert!(c.engineer.get("profiles", "u1").await.unwrap().record.withheld.is_empty());
+    std::fs::write(
+        s.data().join("policies/60-freeze.cedar"),
+        "@id(\"freeze-by-hup\") forbid(principal, action, resource is Custody::Data) when { resource.class == \"protected\" };",
+    )
+    .unwrap();
+    let pid = nix::unistd::Pid::from_raw(s.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = c.engineer.get("profiles", "u1").await.unwrap();
+        if r.record.withheld.iter().any(|w| w.reason == "forbidden-by:freeze-by-hup") {
+            assert!(!r.record.fields.contains_key("email"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "SIGHUP did not reload the policy set");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[test]
 fn bad_config_lists_every_problem() {
     let dir = tempfile::tempdir().unwrap();
