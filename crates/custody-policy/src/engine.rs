@@ -1,9 +1,10 @@
 //! Loading, validating and swapping policy sets; deciding one data class at a time.
 
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use cedar_policy::{
@@ -12,7 +13,7 @@ use cedar_policy::{
 };
 use sha2::{Digest, Sha256};
 
-use custody_core::{Action, Jurisdiction, PrincipalRecord};
+use custody_core::{Action, Jurisdiction, PrincipalKind, PrincipalRecord};
 
 use crate::PolicyError;
 
@@ -31,13 +32,40 @@ impl fmt::Display for PolicySetHash {
     }
 }
 
+/// Most decisions a policy set remembers before it forgets them all.
+const DECISION_CACHE_LIMIT: usize = 65_536;
+
+/// Everything a decision depends on. Two requests with equal keys get the same answer from
+/// Cedar, because the key holds every input custody gives Cedar: the principal (by id and
+/// version, which changes whenever its attributes do), action, resource and context. The
+/// subject is left out only when no policy that can apply to the principal's type mentions
+/// `subject`, so an engineer reading many subjects still hits the cache.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct DecisionKey {
+    principal: String,
+    kind: PrincipalKind,
+    version: u64,
+    attrs: u64,
+    action: Action,
+    collection: String,
+    class: String,
+    jurisdiction: String,
+    subject: Option<String>,
+    context: RequestContext,
+}
+
 /// A validated policy set together with its sources and hash.
+///
+/// It also memoises its own decisions: a reload installs a new set with an empty cache, so a
+/// cached decision can never outlive the policies that made it.
 #[derive(Debug)]
 pub struct LoadedPolicies {
     set: PolicySet,
     hash: PolicySetHash,
     files: Vec<(String, String)>,
     ids: Vec<String>,
+    subject_sensitive: HashSet<PrincipalKind>,
+    cache: Mutex<HashMap<DecisionKey, ClassDecision>>,
 }
 
 impl LoadedPolicies {
@@ -63,6 +91,12 @@ pub struct PreparedPrincipal {
     uid: EntityUid,
     entity: Entity,
     location: String,
+    id: String,
+    kind: PrincipalKind,
+    version: u64,
+    /// A hash of every attribute Cedar sees, so the decision cache cannot serve a stale
+    /// answer even if a principal's attributes change without a version bump.
+    fingerprint: u64,
 }
 
 impl PreparedPrincipal {
@@ -249,7 +283,20 @@ impl PolicyEngine {
         let tags = p.attrs.tags.iter().map(|(k, v)| (k.clone(), RestrictedExpression::new_string(v.clone())));
         let entity =
             Entity::new_with_tags(uid.clone(), attrs, [], tags).map_err(|e| PolicyError::Schema(e.to_string()))?;
-        Ok(PreparedPrincipal { uid, entity, location: p.attrs.location.to_string() })
+        Ok(PreparedPrincipal {
+            uid,
+            entity,
+            location: p.attrs.location.to_string(),
+            id: p.id.to_string(),
+            kind: p.kind,
+            version: p.version,
+            fingerprint: {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                (&p.attrs.location, &p.attrs.employer, &p.attrs.roles, &p.attrs.subject, &p.attrs.tags).hash(&mut h);
+                h.finish()
+            },
+        })
     }
 
     /// Decides one data class. Any evaluation problem denies (fail closed).
@@ -261,8 +308,36 @@ impl PolicyEngine {
         resource: &ResourceRef<'_>,
         ctx: &RequestContext,
     ) -> ClassDecision {
+        let key = DecisionKey {
+            principal: principal.id.clone(),
+            kind: principal.kind,
+            version: principal.version,
+            attrs: principal.fingerprint,
+            action,
+            collection: resource.collection.to_string(),
+            class: resource.class.to_string(),
+            jurisdiction: resource.jurisdiction.to_string(),
+            subject: if policies.subject_sensitive.contains(&principal.kind) {
+                resource.subject.map(str::to_string)
+            } else {
+                None
+            },
+            context: ctx.clone(),
+        };
+        if let Some(d) = policies.cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
+            return d;
+        }
         match self.try_decide(policies, principal, action, resource, ctx) {
-            Ok(d) => d,
+            Ok(d) => {
+                if let Ok(mut c) = policies.cache.lock() {
+                    if c.len() >= DECISION_CACHE_LIMIT {
+                        c.clear();
+                    }
+                    c.insert(key, d.clone());
+                }
+                d
+            }
+            // Evaluation problems deny and are not remembered.
             Err(_) => ClassDecision::Deny(DenyReason::DefaultDeny),
         }
     }
@@ -382,7 +457,39 @@ fn compile(schema: &Schema, mut files: Vec<(String, String)>) -> Result<LoadedPo
         let msgs: Vec<String> = result.validation_errors().map(|e| one_line(&format!("{e}"))).collect();
         return Err(PolicyError::Validation(msgs.join("; ")));
     }
-    Ok(LoadedPolicies { set, hash: PolicySetHash(hasher.finalize().into()), files, ids })
+    let subject_sensitive = subject_sensitive_kinds(&set);
+    Ok(LoadedPolicies {
+        set,
+        hash: PolicySetHash(hasher.finalize().into()),
+        files,
+        ids,
+        subject_sensitive,
+        cache: Mutex::new(HashMap::new()),
+    })
+}
+
+/// The principal kinds for which some applicable policy mentions `subject`, so decisions for
+/// them must be keyed by subject. Errs on the side of "sensitive": any mention of the word
+/// in a policy's text counts, and unconstrained or `in` scopes apply to every kind.
+fn subject_sensitive_kinds(set: &PolicySet) -> HashSet<PrincipalKind> {
+    use cedar_policy::PrincipalConstraint as P;
+    let mut out = HashSet::new();
+    for policy in set.policies() {
+        if !policy.to_string().contains("subject") {
+            continue;
+        }
+        let only = |type_name: &EntityTypeName| {
+            let t = type_name.to_string();
+            PrincipalKind::ALL.into_iter().filter(move |k| k.cedar_type() == t).collect::<Vec<_>>()
+        };
+        let kinds = match policy.principal_constraint() {
+            P::Is(t) | P::IsIn(t, _) => only(&t),
+            P::Eq(uid) => only(uid.type_name()),
+            P::Any | P::In(_) => PrincipalKind::ALL.to_vec(),
+        };
+        out.extend(kinds);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -472,6 +579,47 @@ when { resource.class == "protected" && context.location != resource.jurisdictio
         e.reload_sources(vec![("y.cedar".into(), "permit(principal, action, resource);".into())]).unwrap();
         assert_ne!(e.current().hash(), before);
         assert_eq!(e.current().ids(), ["y#0"]);
+    }
+
+    #[test]
+    fn cached_decisions_follow_subject_and_reload() {
+        let e = PolicyEngine::from_sources(
+            Jurisdiction::new("US").unwrap(),
+            vec![(
+                "s.cedar".into(),
+                r#"@id("own") permit(principal is Custody::Subject, action, resource is Custody::Data)
+                   when { resource has subject && resource.subject == principal.subject };
+                   @id("eng") permit(principal is Custody::Engineer, action, resource);"#
+                    .into(),
+            )],
+        )
+        .unwrap();
+        let set = e.current();
+        assert!(set.subject_sensitive.contains(&PrincipalKind::Subject));
+        assert!(!set.subject_sensitive.contains(&PrincipalKind::Engineer));
+        let mut subj = engineer("US");
+        subj.kind = PrincipalKind::Subject;
+        subj.attrs.subject = Some(custody_core::SubjectId::new("u1").unwrap());
+        let p = e.prepare_principal(&subj).unwrap();
+        let ctx = RequestContext::default();
+        let own = ResourceRef { subject: Some("u1"), ..res("protected") };
+        let other = ResourceRef { subject: Some("u2"), ..res("protected") };
+        for _ in 0..2 {
+            assert!(e.decide(&set, &p, Action::Read, &own, &ctx).is_permit());
+            assert!(!e.decide(&set, &p, Action::Read, &other, &ctx).is_permit());
+        }
+        let eng = e.prepare_principal(&engineer("US")).unwrap();
+        assert!(e.decide(&set, &eng, Action::Read, &own, &ctx).is_permit());
+        assert!(e.decide(&set, &eng, Action::Read, &other, &ctx).is_permit());
+
+        e.reload_sources(vec![("f.cedar".into(), "@id(\"none\") forbid(principal, action, resource);".into())])
+            .unwrap();
+        assert!(!e.decide(&e.current(), &eng, Action::Read, &own, &ctx).is_permit(), "a reload starts a fresh cache");
+        let mut revoked = engineer("US");
+        revoked.version = 2;
+        revoked.attrs.location = Jurisdiction::new("DE").unwrap();
+        let moved = e.prepare_principal(&revoked).unwrap();
+        assert_eq!(moved.location(), "DE");
     }
 
     #[test]
