@@ -431,9 +431,6 @@ impl Guard {
             None => RecordId::new(random_id())?,
         };
         let fields = self.schema.validate_fields(cname, &body.fields, false)?;
-        if self.vault.load(cname, &id).is_ok() {
-            return Err(GuardError::Conflict(format!("record `{cname}/{id}` already exists")));
-        }
         self.write(caller, cname, id, subject, jurisdiction, fields, WriteMode::Create, ctx).await
     }
 
@@ -498,6 +495,10 @@ impl Guard {
             let event = self.event(&policies, caller, Action::Write, cname, &refs, [], denied.iter().cloned(), ctx);
             let receipt = self.record(&event).await?;
             return Err(GuardError::Forbidden { withheld: denied.iter().map(withheld_wire).collect(), receipt });
+        }
+        // Only a principal allowed to write learns whether the id is taken.
+        if mode == WriteMode::Create && self.vault.load(cname, &id).is_ok() {
+            return Err(GuardError::Conflict(format!("record `{cname}/{id}` already exists")));
         }
         let event = self.event(&policies, caller, Action::Write, cname, &refs, fields.keys().cloned(), [], ctx);
         let receipt = self.record(&event).await?;

@@ -710,3 +710,51 @@ fn arbitrary_bodies_and_ids_answer_4xx_problems_or_success_never_5xx() {
         })
         .unwrap();
 }
+
+async fn metrics_text(f: &Fixture) -> String {
+    let m = f.send(Request::get("/metrics").body(Body::empty()).unwrap()).await;
+    assert_eq!(m.status, StatusCode::OK);
+    String::from_utf8(m.body).unwrap()
+}
+
+#[tokio::test]
+async fn metrics_labels_do_not_grow_with_request_paths() {
+    let f = Fixture::new();
+    for uri in
+        ["/zzz-unique-path", "/v1/collections/qqq-coll/records/yyy-id", "/v1/collections/profiles/records/yyy-id/x"]
+    {
+        let a = f.get(uri).await;
+        assert!(a.status.is_client_error());
+    }
+    let text = metrics_text(&f).await;
+    for junk in ["zzz-unique-path", "qqq-coll", "yyy-id"] {
+        assert!(!text.contains(junk), "`{junk}` became a label: {text}");
+    }
+    assert!(text.contains("route=\"unmatched\""), "{text}");
+}
+
+#[tokio::test]
+async fn wrong_method_is_a_405_problem() {
+    let f = Fixture::new();
+    for (method, uri) in [
+        (Method::PUT, format!("{RECORDS}/r1")),
+        (Method::GET, RECORDS.to_string()),
+        (Method::DELETE, "/healthz".into()),
+    ] {
+        let a = f.call(method, &uri, Body::empty()).await;
+        a.problem(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed");
+        assert!(a.headers.get(header::ALLOW).is_some());
+    }
+}
+
+#[tokio::test]
+async fn extension_methods_do_not_mint_metric_series() {
+    let f = Fixture::new();
+    for i in 0..5 {
+        let m = Method::from_bytes(format!("ZZZ{i}").as_bytes()).unwrap();
+        let a = f.send(Request::builder().method(m).uri("/healthz").body(Body::empty()).unwrap()).await;
+        assert!(a.status.is_client_error());
+    }
+    let text = metrics_text(&f).await;
+    assert!(!text.contains("ZZZ"), "extension methods became labels: {text}");
+}

@@ -1,0 +1,124 @@
+//! What each fuzz target runs, in a library so that the checked-in corpus can be replayed by
+//! an ordinary test (`crates/custody-server/tests/fuzz_corpus.rs` includes this file) and so
+//! `cargo test` exercises the same code the fuzzer does.
+//!
+//! Neither function may panic, whatever the input: both parse input an attacker (a request
+//! body) or an operator (a schema file) controls.
+
+use std::sync::LazyLock;
+
+use custody_core::{CollectionName, Jurisdiction, RecordId, Schema, SubjectId};
+use custody_server::setup::SAMPLE_SCHEMA;
+use custody_server::wire::{BatchGet, CreateRecord, MAX_BATCH, Search, UpdateRecord};
+use serde_json::{Map, Value};
+
+/// The sample deployment's schema and its one collection, parsed once.
+static SAMPLE: LazyLock<Option<(Schema, CollectionName)>> = LazyLock::new(|| {
+    let schema = Schema::from_toml(SAMPLE_SCHEMA).ok()?;
+    let collection = CollectionName::new("profiles").ok()?;
+    Some((schema, collection))
+});
+
+/// What a request body turned out to be.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BodyOutcome {
+    /// The body kinds (`create`, `update`, `batch-get`, `search`) it parsed as.
+    pub parsed: Vec<&'static str>,
+    /// The kinds whose contents also passed the checks the guarded path makes (ids, subject,
+    /// jurisdiction, and the fields against the sample schema).
+    pub valid: Vec<&'static str>,
+}
+
+/// Renders an error the way the API would put it in a problem document, so formatting
+/// (truncation of user input in particular) is fuzzed too.
+fn render(e: &impl std::fmt::Display) -> bool {
+    !e.to_string().is_empty()
+}
+
+fn create_is_valid(schema: &Schema, collection: &CollectionName, body: &CreateRecord) -> bool {
+    let Some(subject) = &body.subject else { return false };
+    let ids = [
+        SubjectId::new(subject.as_str()).map(|_| ()).map_err(|e| render(&e)),
+        body.jurisdiction.as_deref().map_or(Ok(()), |j| Jurisdiction::new(j).map(|_| ()).map_err(|e| render(&e))),
+        body.id.as_deref().map_or(Ok(()), |i| RecordId::new(i).map(|_| ()).map_err(|e| render(&e))),
+    ];
+    let fields = schema.validate_fields(collection, &body.fields, false).map_err(|e| render(&e));
+    ids.iter().all(Result::is_ok) && fields.is_ok()
+}
+
+fn batch_is_valid(body: &BatchGet) -> bool {
+    body.ids.len() <= MAX_BATCH
+        && body.ids.iter().map(|i| RecordId::new(i.as_str()).map_err(|e| render(&e))).all(|r| r.is_ok())
+}
+
+fn search_is_valid(schema: &Schema, collection: &CollectionName, body: &Search) -> bool {
+    let Ok((_, coll)) = schema.collection(collection.as_str()) else { return false };
+    let searchable = coll.fields.iter().any(|(name, spec)| name.as_str() == body.field && spec.searchable);
+    let mut one = Map::new();
+    one.insert(body.field.clone(), body.value.clone());
+    let value = schema.validate_fields(collection, &one, true).map_err(|e| render(&e));
+    searchable && value.is_ok()
+}
+
+/// Parses `data` as each request body of the API and checks what parsed against the sample
+/// schema. Never panics.
+pub fn request_body(data: &[u8]) -> BodyOutcome {
+    let mut out = BodyOutcome::default();
+    let Some((schema, collection)) = SAMPLE.as_ref() else { return out };
+    // Untyped first: the parser the typed ones build on must survive anything too.
+    let _ = serde_json::from_slice::<Value>(data);
+    match serde_json::from_slice::<CreateRecord>(data) {
+        Ok(body) => {
+            out.parsed.push("create");
+            if create_is_valid(schema, collection, &body) {
+                out.valid.push("create");
+            }
+        }
+        Err(e) => {
+            render(&e);
+        }
+    }
+    if let Ok(body) = serde_json::from_slice::<UpdateRecord>(data) {
+        out.parsed.push("update");
+        if schema.validate_fields(collection, &body.fields, true).map_err(|e| render(&e)).is_ok() {
+            out.valid.push("update");
+        }
+    }
+    if let Ok(body) = serde_json::from_slice::<BatchGet>(data) {
+        out.parsed.push("batch-get");
+        if batch_is_valid(&body) {
+            out.valid.push("batch-get");
+        }
+    }
+    if let Ok(body) = serde_json::from_slice::<Search>(data) {
+        out.parsed.push("search");
+        if search_is_valid(schema, collection, &body) {
+            out.valid.push("search");
+        }
+    }
+    out
+}
+
+/// Parses `text` as a deployment's `schema.toml`; when it is accepted, validates an empty and
+/// a one-field body against each collection. Returns whether the schema was accepted. Never
+/// panics.
+pub fn schema_file(text: &str) -> bool {
+    match Schema::from_toml(text) {
+        Ok(schema) => {
+            for (name, coll) in &schema.collections {
+                let _ = schema.validate_fields(name, &Map::new(), false).map_err(|e| render(&e));
+                for (field, spec) in &coll.fields {
+                    let _ = schema.is_encrypted(&spec.class);
+                    let mut one = Map::new();
+                    one.insert(field.to_string(), Value::String("2001-02-03".into()));
+                    let _ = schema.validate_fields(name, &one, true).map_err(|e| render(&e));
+                }
+            }
+            true
+        }
+        Err(e) => {
+            render(&e);
+            false
+        }
+    }
+}
