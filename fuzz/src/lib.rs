@@ -122,3 +122,27 @@ pub fn schema_file(text: &str) -> bool {
         }
     }
 }
+
+/// Arbitrary bytes through every transparency-log parser a monitor or client runs on data
+/// fetched from a log: checkpoints, signed notes, tile paths, entry bundles and receipts.
+/// Whatever parses must also re-encode without panicking.
+pub fn tlog_formats(data: &[u8]) {
+    use custody_tlog::{Checkpoint, Note, Receipt, Tile};
+    let text = String::from_utf8_lossy(data);
+    if let Ok(c) = Checkpoint::parse(&text) {
+        let _ = c.to_text();
+    }
+    if let Ok(n) = Note::parse(data) {
+        let _ = n.text().len() + n.signatures().len();
+    }
+    if let Ok(t) = Tile::parse_path(&text) {
+        let _ = t.path();
+    }
+    let width = data.first().map_or(1, |b| u16::from(*b) + 1);
+    if let Ok(entries) = custody_tlog::tile::decode_entry_bundle(data.get(1..).unwrap_or_default(), width) {
+        let _ = custody_tlog::tile::encode_entry_bundle(entries.iter().copied());
+    }
+    if let Ok(r) = serde_json::from_slice::<Receipt>(data) {
+        let _ = r.statement();
+    }
+}

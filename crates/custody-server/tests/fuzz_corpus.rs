@@ -87,3 +87,12 @@ fn sample_schema_seed_is_the_sample_deployments() {
         "refresh fuzz/corpus/schema_file/sample.toml"
     );
 }
+
+#[test]
+fn tlog_formats_corpus_parses_without_panicking() {
+    let seeds = corpus("tlog_formats");
+    assert!(seeds.len() >= 5, "the log-format corpus has {} seeds", seeds.len());
+    for (_, bytes) in &seeds {
+        fuzz_support::tlog_formats(bytes);
+    }
+}

@@ -197,6 +197,7 @@ async fn unauthenticated_and_revoked_get_401() {
     let r = http.get(&url).send().await.unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(r.headers()["content-type"], "application/problem+json");
+    assert!(r.headers()["www-authenticate"].to_str().unwrap().starts_with("Bearer"));
     for bad in ["Bearer nope", "Bearer cst1_alice:wrong", "Basic abc", "Bearer cst1_nobody:x"] {
         let r = http.get(&url).header("authorization", bad).send().await.unwrap();
         assert_eq!(r.status(), 401, "{bad}");
