@@ -32,10 +32,10 @@ pub(crate) struct SettingArgs {
     /// Jurisdiction this boundary serves [default: US]
     #[arg(long, env = "CUSTODY_JURISDICTION", global = true, value_name = "CODE")]
     pub(crate) jurisdiction: Option<String>,
-    /// Schema file [default: <data-dir>/schema.toml, seeded from the sample]
+    /// Schema file [default: DATA_DIR/schema.toml, seeded from the sample]
     #[arg(long, env = "CUSTODY_SCHEMA", global = true, value_name = "FILE")]
     pub(crate) schema: Option<PathBuf>,
-    /// Policy directory of .cedar files [default: <data-dir>/policies, seeded from the sample]
+    /// Policy directory of .cedar files [default: DATA_DIR/policies, seeded from the sample]
     #[arg(long, env = "CUSTODY_POLICY_DIR", global = true, value_name = "DIR")]
     pub(crate) policy_dir: Option<PathBuf>,
     /// Largest accepted request body in bytes [default: 1048576]
