@@ -274,6 +274,58 @@ impl Guard {
         Ok(Receipt { index: r.index, detail: r.detail })
     }
 
+    /// Decides `action` on one record for the class of each field in `fields`; returns the
+    /// fields whose class was refused, with the reason.
+    #[allow(clippy::too_many_arguments)]
+    fn refused<'f>(
+        &self,
+        policies: &LoadedPolicies,
+        caller: &Caller,
+        action: Action,
+        cname: &CollectionName,
+        coll: &CollectionSchema,
+        fields: impl IntoIterator<Item = &'f FieldName>,
+        jurisdiction: &Jurisdiction,
+        subject: &SubjectId,
+        ctx: &RequestContext,
+    ) -> BTreeSet<FieldOutcome> {
+        let mut memo = Memo::new();
+        let mut denied = BTreeSet::new();
+        for fname in fields {
+            let Some(spec) = coll.fields.get(fname) else { continue };
+            let d =
+                self.decide(policies, caller, action, cname, &spec.class, jurisdiction, Some(subject), ctx, &mut memo);
+            if let ClassDecision::Deny(reason) = d {
+                denied.insert(FieldOutcome {
+                    field: fname.clone(),
+                    class: spec.class.clone(),
+                    reason: reason.to_string(),
+                });
+            }
+        }
+        denied
+    }
+
+    /// Records a denial durably and returns the error the caller gets: 403 with the receipt,
+    /// or the audit error if even the denial could not be recorded.
+    #[allow(clippy::too_many_arguments)]
+    async fn forbid(
+        &self,
+        policies: &LoadedPolicies,
+        caller: &Caller,
+        action: Action,
+        cname: &CollectionName,
+        refs: &[(&RecordId, &SubjectId)],
+        denied: &BTreeSet<FieldOutcome>,
+        ctx: &RequestContext,
+    ) -> GuardError {
+        let event = self.event(policies, caller, action, cname, refs, [], denied.iter().cloned(), ctx);
+        match self.record(&event).await {
+            Ok(receipt) => GuardError::Forbidden { withheld: denied.iter().map(withheld_wire).collect(), receipt },
+            Err(e) => e,
+        }
+    }
+
     /// Reads one record: permitted fields released, the rest listed as withheld.
     ///
     /// # Errors
@@ -401,9 +453,7 @@ impl Guard {
         let d = self.decide(&policies, caller, Action::Search, cname, &spec.class, &boundary, None, ctx, &mut memo);
         if let ClassDecision::Deny(reason) = d {
             let w = FieldOutcome { field: fname.clone(), class: spec.class.clone(), reason: reason.to_string() };
-            let event = self.event(&policies, caller, Action::Search, cname, &[], [], [w.clone()], ctx);
-            let receipt = self.record(&event).await?;
-            return Err(GuardError::Forbidden { withheld: vec![withheld_wire(&w)], receipt });
+            return Err(self.forbid(&policies, caller, Action::Search, cname, &[], &BTreeSet::from([w]), ctx).await);
         }
         let ids = self.vault.search(cname, fname, &q.value, limit)?;
         self.read_many(caller, Action::Search, cname, coll, ids, ctx).await
@@ -467,34 +517,11 @@ impl Guard {
     ) -> Result<WriteResponse, GuardError> {
         let (_, coll) = self.collection(cname.as_str())?;
         let policies = self.policy.current();
-        let mut memo = Memo::new();
-        let mut denied = BTreeSet::new();
-        for fname in fields.keys() {
-            let Some(spec) = coll.fields.get(fname) else { continue };
-            let d = self.decide(
-                &policies,
-                caller,
-                Action::Write,
-                cname,
-                &spec.class,
-                &jurisdiction,
-                Some(&subject),
-                ctx,
-                &mut memo,
-            );
-            if let ClassDecision::Deny(reason) = d {
-                denied.insert(FieldOutcome {
-                    field: fname.clone(),
-                    class: spec.class.clone(),
-                    reason: reason.to_string(),
-                });
-            }
-        }
+        let denied =
+            self.refused(&policies, caller, Action::Write, cname, coll, fields.keys(), &jurisdiction, &subject, ctx);
         let refs = [(&id, &subject)];
         if !denied.is_empty() {
-            let event = self.event(&policies, caller, Action::Write, cname, &refs, [], denied.iter().cloned(), ctx);
-            let receipt = self.record(&event).await?;
-            return Err(GuardError::Forbidden { withheld: denied.iter().map(withheld_wire).collect(), receipt });
+            return Err(self.forbid(&policies, caller, Action::Write, cname, &refs, &denied, ctx).await);
         }
         // Only a principal allowed to write learns whether the id is taken.
         if mode == WriteMode::Create && self.vault.load(cname, &id).is_ok() {
@@ -526,38 +553,22 @@ impl Guard {
         let id = RecordId::new(id)?;
         let stored = self.vault.load(cname, &id)?;
         let policies = self.policy.current();
-        let mut memo = Memo::new();
-        let mut denied = BTreeSet::new();
-        let mut touched = Vec::new();
-        for (fname, spec) in &coll.fields {
-            if !stored.fields.contains_key(fname.as_str()) {
-                continue;
-            }
-            touched.push(fname.clone());
-            let d = self.decide(
-                &policies,
-                caller,
-                Action::Delete,
-                cname,
-                &spec.class,
-                &stored.jurisdiction,
-                Some(&stored.subject),
-                ctx,
-                &mut memo,
-            );
-            if let ClassDecision::Deny(reason) = d {
-                denied.insert(FieldOutcome {
-                    field: fname.clone(),
-                    class: spec.class.clone(),
-                    reason: reason.to_string(),
-                });
-            }
-        }
+        let touched: Vec<FieldName> =
+            coll.fields.keys().filter(|f| stored.fields.contains_key(f.as_str())).cloned().collect();
+        let denied = self.refused(
+            &policies,
+            caller,
+            Action::Delete,
+            cname,
+            coll,
+            touched.iter(),
+            &stored.jurisdiction,
+            &stored.subject,
+            ctx,
+        );
         let refs = [(&id, &stored.subject)];
         if !denied.is_empty() {
-            let event = self.event(&policies, caller, Action::Delete, cname, &refs, [], denied.iter().cloned(), ctx);
-            let receipt = self.record(&event).await?;
-            return Err(GuardError::Forbidden { withheld: denied.iter().map(withheld_wire).collect(), receipt });
+            return Err(self.forbid(&policies, caller, Action::Delete, cname, &refs, &denied, ctx).await);
         }
         let event = self.event(&policies, caller, Action::Delete, cname, &refs, touched.iter().cloned(), [], ctx);
         let receipt = self.record(&event).await?;
