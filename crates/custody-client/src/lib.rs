@@ -29,6 +29,9 @@ pub enum ClientError {
         /// The problem document.
         problem: Box<Problem>,
     },
+    /// A receipt did not verify against the log's key: the response must not be trusted.
+    #[error("receipt does not verify: {0}")]
+    Receipt(String),
     /// The request could not be sent or the answer not read.
     #[error("transport: {0}")]
     Transport(#[from] reqwest::Error),
@@ -48,6 +51,7 @@ impl ClientError {
         match self {
             ClientError::Api { status, .. } | ClientError::Decode { status, .. } => Some(*status),
             ClientError::Transport(e) => e.status(),
+            ClientError::Receipt(_) => None,
         }
     }
 
@@ -143,6 +147,50 @@ impl Client {
         }
     }
 
+    async fn text(&self, path: &str) -> Result<String, ClientError> {
+        let resp = self.http.get(format!("{}{}", self.base, path)).send().await?;
+        let status = resp.status();
+        let body = resp.text().await?;
+        if status.is_success() {
+            Ok(body)
+        } else {
+            Err(ClientError::Decode { status, body: body.chars().take(200).collect() })
+        }
+    }
+
+    /// The log's verifier key from `/log/key`. Pin it out of band in production: a key fetched
+    /// from the server it verifies proves nothing about that server.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn log_key(&self) -> Result<String, ClientError> {
+        Ok(self.text("/log/key").await?.trim_end().to_string())
+    }
+
+    /// The latest signed checkpoint from `/log/checkpoint`.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn checkpoint(&self) -> Result<String, ClientError> {
+        self.text("/log/checkpoint").await
+    }
+
+    /// The inclusion proof of entry `index` in the tree of `size`, as JSON text.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn inclusion_proof(&self, index: u64, size: u64) -> Result<String, ClientError> {
+        self.text(&format!("/log/proof/inclusion?index={index}&size={size}")).await
+    }
+
+    /// The consistency proof between tree sizes `from` and `to`, as JSON text.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn consistency_proof(&self, from: u64, to: u64) -> Result<String, ClientError> {
+        self.text(&format!("/log/proof/consistency?from={from}&to={to}")).await
+    }
+
     /// Creates a record about `subject`.
     ///
     /// # Errors
@@ -206,4 +254,22 @@ impl Client {
         let body = Search { field: field.to_string(), value, limit: None };
         self.call(Method::POST, &format!("/v1/collections/{collection}/search"), Some(&body)).await
     }
+}
+
+/// Checks a response's receipt: the log key `vkey` signed the batch, the entry is in it, and
+/// the entry is exactly the logged text carried beside it. Returns the logged entry (the
+/// access event, which never holds protected values) and the verified log receipt.
+///
+/// # Errors
+/// [`ClientError::Receipt`] naming what failed.
+pub fn verify_receipt(receipt: &Receipt, vkey: &str) -> Result<(String, custody_tlog::Receipt), ClientError> {
+    let bad = |m: &str| ClientError::Receipt(m.to_string());
+    let entry = receipt.detail.get("entry").and_then(Value::as_str).ok_or_else(|| bad("no logged entry"))?;
+    let log = receipt.detail.get("log").ok_or_else(|| bad("no log receipt"))?;
+    let verified = custody_verify::verify_receipt(&log.to_string(), vkey, entry.as_bytes())
+        .map_err(|e| ClientError::Receipt(e.to_string()))?;
+    if verified.index != receipt.index {
+        return Err(bad("index differs from the log receipt's"));
+    }
+    Ok((entry.to_string(), verified))
 }

@@ -227,7 +227,9 @@ impl LogPending {
 /// How an entry's submitter wants its answer.
 enum Ack {
     Raw(oneshot::Sender<Result<Receipt, LogError>>),
-    Audit(oneshot::Sender<Result<AuditReceipt, AuditError>>),
+    /// An audit event: answered with the receipt and the exact entry text, so the client can
+    /// check the leaf hash against what was logged about its request.
+    Audit(oneshot::Sender<Result<AuditReceipt, AuditError>>, String),
 }
 
 impl Ack {
@@ -236,9 +238,12 @@ impl Ack {
             Ack::Raw(tx) => {
                 let _ = tx.send(Ok(receipt));
             }
-            Ack::Audit(tx) => {
+            Ack::Audit(tx, entry) => {
                 let answer = serde_json::to_value(&receipt)
-                    .map(|detail| AuditReceipt { index: receipt.index, detail })
+                    .map(|log| AuditReceipt {
+                        index: receipt.index,
+                        detail: serde_json::json!({ "log": log, "entry": entry }),
+                    })
                     .map_err(|e| AuditError::Failed(e.to_string()));
                 let _ = tx.send(answer);
             }
@@ -250,7 +255,7 @@ impl Ack {
             Ack::Raw(tx) => {
                 let _ = tx.send(Err(LogError::Failed(msg.to_owned())));
             }
-            Ack::Audit(tx) => {
+            Ack::Audit(tx, _) => {
                 let _ = tx.send(Err(AuditError::Failed(msg.to_owned())));
             }
         }
@@ -462,7 +467,8 @@ impl AuditSink for Log {
             return Err(AuditError::Failed(LogError::EntryTooLarge(entry.len()).to_string()));
         }
         let (tx, rx) = oneshot::channel();
-        self.send((entry, Ack::Audit(tx))).map_err(|e| match e {
+        let text = String::from_utf8_lossy(&entry).into_owned();
+        self.send((entry, Ack::Audit(tx, text))).map_err(|e| match e {
             LogError::Overloaded => AuditError::Overloaded,
             LogError::Closed => AuditError::Closed,
             other => AuditError::Failed(other.to_string()),

@@ -151,9 +151,11 @@ async fn audit_sink_receipts_commit_to_the_event_json() {
     }
     for t in tasks {
         let (ev, got) = t.await.unwrap();
-        let receipt: Receipt = serde_json::from_value(got.detail).unwrap();
+        let receipt: Receipt = serde_json::from_value(got.detail["log"].clone()).unwrap();
         assert_eq!(receipt.index, got.index);
-        receipt.verify(log.verifier(), &serde_json::to_vec(&ev).unwrap()).unwrap();
+        let entry = got.detail["entry"].as_str().unwrap();
+        assert_eq!(entry.as_bytes(), serde_json::to_vec(&ev).unwrap(), "the receipt carries the exact entry");
+        receipt.verify(log.verifier(), entry.as_bytes()).unwrap();
     }
 }
 

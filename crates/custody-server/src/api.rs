@@ -76,6 +76,20 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> 
     }
 }
 
+/// Query-string extractor with problem-document rejections.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| ApiQuery(q.0))
+            .map_err(|r| ApiError::bad_request(r.body_text()))
+    }
+}
+
 /// The authenticated caller.
 pub struct Authed(pub Arc<Caller>);
 
@@ -153,6 +167,11 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/collections/{collection}/records/{id}", get(get_record).patch(update_record).delete(delete_record))
         .route("/v1/collections/{collection}/batch-get", post(batch_get))
         .route("/v1/collections/{collection}/search", post(search))
+        .route("/log/checkpoint", get(log_checkpoint))
+        .route("/log/key", get(log_key))
+        .route("/log/tile/{*path}", get(log_tile))
+        .route("/log/proof/inclusion", get(proof_inclusion))
+        .route("/log/proof/consistency", get(proof_consistency))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi_json))
@@ -175,6 +194,86 @@ async fn track(State(state): State<AppState>, req: Request, next: Next) -> Respo
     let resp = next.run(req).await;
     state.metrics.request(&route, &method, resp.status().as_u16(), start.elapsed().as_secs_f64());
     resp
+}
+
+fn the_log(s: &AppState) -> Result<&custody_log::Log, ApiError> {
+    s.log.as_deref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no-log",
+            "No transparency log",
+            "this server records to another audit sink",
+        )
+    })
+}
+
+fn text(body: String, cache: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::CACHE_CONTROL, cache)], body).into_response()
+}
+
+/// The latest signed checkpoint (C2SP tlog-checkpoint as a signed note).
+async fn log_checkpoint(State(s): State<AppState>) -> Result<Response, ApiError> {
+    Ok(text(the_log(&s)?.checkpoint_text(), "no-store"))
+}
+
+/// The log's verifier key, `name+keyid+base64`.
+async fn log_key(State(s): State<AppState>) -> Result<Response, ApiError> {
+    Ok(text(format!("{}\n", the_log(&s)?.verifier_key()), "public, max-age=3600"))
+}
+
+/// A hash tile or entry bundle at its C2SP tlog-tiles path. Full tiles never change.
+async fn log_tile(State(s): State<AppState>, ApiPath(path): ApiPath<String>) -> Result<Response, ApiError> {
+    let log = the_log(&s)?;
+    let full_path = format!("tile/{path}");
+    let data = log
+        .read_tile(&full_path)
+        .map_err(|e| {
+            ApiError::bad_request(format!(
+                "`{}` is not a tile path: {e}",
+                full_path.chars().take(80).collect::<String>()
+            ))
+        })?
+        .ok_or_else(|| {
+            ApiError::new(StatusCode::NOT_FOUND, "no-tile", "No such tile", "the log has no such tile yet")
+        })?;
+    let cache = if full_path.contains(".p/") { "no-cache" } else { "public, max-age=31536000, immutable" };
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream"), (header::CACHE_CONTROL, cache)], data).into_response())
+}
+
+/// Query of an inclusion proof.
+#[derive(Debug, serde::Deserialize)]
+struct InclusionQuery {
+    index: u64,
+    size: u64,
+}
+
+/// Query of a consistency proof.
+#[derive(Debug, serde::Deserialize)]
+struct ConsistencyQuery {
+    from: u64,
+    to: u64,
+}
+
+fn proof_error(e: custody_log::LogError) -> ApiError {
+    ApiError::bad_request(e.to_string())
+}
+
+/// An RFC 6962 inclusion proof of entry `index` in the tree of size `size`.
+async fn proof_inclusion(
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<InclusionQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let proof = the_log(&s)?.prove_inclusion(q.index, q.size).map_err(proof_error)?;
+    Ok(Json(serde_json::json!({ "index": q.index, "size": q.size, "proof": proof })))
+}
+
+/// An RFC 6962 consistency proof between tree sizes `from` and `to`.
+async fn proof_consistency(
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<ConsistencyQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let proof = the_log(&s)?.prove_consistency(q.from, q.to).map_err(proof_error)?;
+    Ok(Json(serde_json::json!({ "old_size": q.from, "size": q.to, "proof": proof })))
 }
 
 async fn method_not_allowed() -> ApiError {

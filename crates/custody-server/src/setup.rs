@@ -9,7 +9,8 @@
 //!   keys/               mode 0700
 //!     kek               the provider's key-encryption key, mode 0600
 //!     keys.redb         wrapped subject DEKs and system keys
-//!   audit/events.jsonl  durable access events (hash-chained)
+//!   log/                the transparency log: entries.wal (framed, fsynced per batch),
+//!                       tile/... (C2SP tiles), checkpoint, key (0600)
 //!   schema.toml         seeded from the sample deployment on first start
 //!   policies/*.cedar    seeded likewise
 //!   admin.sock          operator socket while the server runs (mode 0600)
@@ -21,9 +22,12 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-use custody_audit::{AuditSink, FileAuditSink, FileSinkOptions};
+use std::time::Duration;
+
+use custody_audit::AuditSink;
 use custody_core::{Jurisdiction, Schema};
 use custody_crypto::FileKeyProvider;
+use custody_log::{Log, LogConfig};
 use custody_policy::PolicyEngine;
 use custody_vault::{RedbStore, Vault};
 
@@ -74,6 +78,9 @@ pub enum SetupError {
     /// The audit sink could not be opened.
     #[error(transparent)]
     Audit(#[from] custody_audit::AuditError),
+    /// The transparency log could not be opened (damaged, tampered, or misconfigured).
+    #[error(transparent)]
+    Log(#[from] custody_log::LogError),
 }
 
 /// The resolved settings the server runs with.
@@ -91,8 +98,14 @@ pub struct ServerConfig {
     pub policy_dir: Option<PathBuf>,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
-    /// Most audit events written per sync.
+    /// Most log entries sequenced per batch (one write, one fsync, one signature).
     pub audit_max_batch: usize,
+    /// The transparency log's origin, e.g. `custody.example/us`.
+    pub log_origin: String,
+    /// Longest a log batch waits for more entries.
+    pub log_max_delay: Duration,
+    /// How often a new checkpoint is signed while the log grows.
+    pub checkpoint_interval: Duration,
 }
 
 impl ServerConfig {
@@ -106,6 +119,9 @@ impl ServerConfig {
             policy_dir: None,
             max_body_bytes: 1 << 20,
             audit_max_batch: 4096,
+            log_origin: "custody.local/us".into(),
+            log_max_delay: Duration::from_millis(1),
+            checkpoint_interval: Duration::from_secs(1),
         }
     }
 }
@@ -125,7 +141,8 @@ pub struct DataDir {
     pub keys: PathBuf,
     /// The KEK file.
     pub kek: PathBuf,
-    /// The audit event file.
+    /// Where the embedded file audit sink keeps events, when a deployment uses it instead
+    /// of the transparency log.
     pub events: PathBuf,
     /// The schema file in use.
     pub schema: PathBuf,
@@ -210,6 +227,8 @@ pub struct ServerState {
     pub metrics: Arc<Metrics>,
     /// The policy engine (for reloads).
     pub policy: Arc<PolicyEngine>,
+    /// The transparency log every access event goes to (absent with a custom sink).
+    pub log: Option<Arc<Log>>,
     /// The resolved config.
     pub config: ServerConfig,
     /// The data dir's paths.
@@ -223,24 +242,34 @@ impl std::fmt::Debug for ServerState {
 }
 
 impl ServerState {
-    /// Opens the data dir with the file audit sink.
+    /// Opens the data dir with the transparency log as the audit sink.
     ///
     /// # Errors
-    /// Any [`SetupError`], naming what is wrong.
+    /// Any [`SetupError`], naming what is wrong; a damaged or tampered log refuses to open.
     pub fn open(cfg: ServerConfig) -> Result<Arc<Self>, SetupError> {
         let dirs = DataDir::prepare(&cfg)?;
-        let sink = FileAuditSink::open(
-            &dirs.events,
-            FileSinkOptions { max_batch: cfg.audit_max_batch, ..Default::default() },
-        )?;
-        Self::open_with_sink(cfg, dirs, Arc::new(sink))
+        let mut log_cfg = LogConfig::new(&dirs.root, cfg.log_origin.clone());
+        log_cfg.max_batch = cfg.audit_max_batch;
+        log_cfg.max_delay = cfg.log_max_delay;
+        log_cfg.checkpoint_interval = cfg.checkpoint_interval;
+        let log = Arc::new(Log::open(log_cfg)?);
+        Self::assemble(cfg, dirs, log.clone(), Some(log))
     }
 
-    /// Opens the data dir with a given audit sink (the transparency log plugs in here).
+    /// Opens the data dir with another audit sink (tests, benchmarks); `/log/` then answers 404.
     ///
     /// # Errors
     /// Any [`SetupError`].
     pub fn open_with_sink(cfg: ServerConfig, dirs: DataDir, sink: Arc<dyn AuditSink>) -> Result<Arc<Self>, SetupError> {
+        Self::assemble(cfg, dirs, sink, None)
+    }
+
+    fn assemble(
+        cfg: ServerConfig,
+        dirs: DataDir,
+        sink: Arc<dyn AuditSink>,
+        log: Option<Arc<Log>>,
+    ) -> Result<Arc<Self>, SetupError> {
         let text = std::fs::read_to_string(&dirs.schema).map_err(io(&dirs.schema))?;
         let schema = Arc::new(
             Schema::from_toml(&text)
@@ -253,7 +282,7 @@ impl ServerState {
         let metrics = Arc::new(Metrics::new());
         let guard = Guard::new(schema, vault, policy.clone(), sink, metrics.clone());
         let auth = Authenticator::new(store, policy.clone());
-        Ok(Arc::new(Self { guard, auth, metrics, policy, config: cfg, dirs }))
+        Ok(Arc::new(Self { guard, auth, metrics, policy, log, config: cfg, dirs }))
     }
 
     /// Reloads the policy directory; a broken set is refused and the old one stays.

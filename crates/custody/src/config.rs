@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use custody_core::Jurisdiction;
 use custody_server::ServerConfig;
@@ -16,6 +17,8 @@ pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:8750";
 pub(crate) const DEFAULT_JURISDICTION: &str = "US";
 pub(crate) const DEFAULT_MAX_BODY_BYTES: u64 = 1 << 20;
 pub(crate) const DEFAULT_AUDIT_MAX_BATCH: u64 = 4096;
+pub(crate) const DEFAULT_LOG_MAX_DELAY_MS: u64 = 1;
+pub(crate) const DEFAULT_CHECKPOINT_INTERVAL_MS: u64 = 1000;
 
 /// Settings given on the command line or in the environment (already merged by clap).
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -41,9 +44,18 @@ pub(crate) struct SettingArgs {
     /// Largest accepted request body in bytes [default: 1048576]
     #[arg(long, env = "CUSTODY_MAX_BODY_BYTES", global = true, value_name = "BYTES")]
     pub(crate) max_body_bytes: Option<u64>,
-    /// Most audit events written per fsync [default: 4096]
+    /// Most log entries sequenced per batch: one write, one fsync, one signature [default: 4096]
     #[arg(long, env = "CUSTODY_AUDIT_MAX_BATCH", global = true, value_name = "N")]
     pub(crate) audit_max_batch: Option<u64>,
+    /// Transparency log origin, the first line of every checkpoint [default: custody.local/<jurisdiction in lowercase>]
+    #[arg(long, env = "CUSTODY_LOG_ORIGIN", global = true, value_name = "ORIGIN")]
+    pub(crate) log_origin: Option<String>,
+    /// Longest a log batch waits for more entries, in milliseconds [default: 1]
+    #[arg(long, env = "CUSTODY_LOG_MAX_DELAY_MS", global = true, value_name = "MS")]
+    pub(crate) log_max_delay_ms: Option<u64>,
+    /// How often a new checkpoint is signed while the log grows, in milliseconds [default: 1000]
+    #[arg(long, env = "CUSTODY_CHECKPOINT_INTERVAL_MS", global = true, value_name = "MS")]
+    pub(crate) checkpoint_interval_ms: Option<u64>,
     /// Log filter, e.g. `info` or `custody=debug` [default: info]
     #[arg(long, env = "CUSTODY_LOG", global = true, value_name = "FILTER")]
     pub(crate) log: Option<String>,
@@ -72,8 +84,19 @@ impl std::fmt::Display for ConfigProblems {
 
 impl std::error::Error for ConfigProblems {}
 
-const KEYS: &[&str] =
-    &["data_dir", "listen", "jurisdiction", "schema", "policy_dir", "max_body_bytes", "audit_max_batch", "log"];
+const KEYS: &[&str] = &[
+    "data_dir",
+    "listen",
+    "jurisdiction",
+    "schema",
+    "policy_dir",
+    "max_body_bytes",
+    "audit_max_batch",
+    "log_origin",
+    "log_max_delay_ms",
+    "checkpoint_interval_ms",
+    "log",
+];
 
 fn file_str(table: &toml::Table, key: &str, problems: &mut Vec<String>, file: &Path) -> Option<String> {
     match table.get(key) {
@@ -179,6 +202,26 @@ impl Settings {
         if !(1..=65536).contains(&batch) {
             problems.push(format!("`audit_max_batch`: {batch} is outside 1..=65536"));
         }
+        let origin = args.log_origin.clone().or_else(|| file_str(&table, "log_origin", &mut problems, &file));
+        let delay = args
+            .log_max_delay_ms
+            .or_else(|| file_int(&table, "log_max_delay_ms", &mut problems, &file))
+            .unwrap_or(DEFAULT_LOG_MAX_DELAY_MS);
+        if delay > 1000 {
+            problems.push(format!("`log_max_delay_ms`: {delay} is outside 0..=1000"));
+        }
+        let interval = args
+            .checkpoint_interval_ms
+            .or_else(|| file_int(&table, "checkpoint_interval_ms", &mut problems, &file))
+            .unwrap_or(DEFAULT_CHECKPOINT_INTERVAL_MS);
+        if !(10..=3_600_000).contains(&interval) {
+            problems.push(format!("`checkpoint_interval_ms`: {interval} is outside 10..=3600000"));
+        }
+        if let Some(o) = &origin
+            && (o.is_empty() || o.contains(char::is_whitespace) || o.contains('+'))
+        {
+            problems.push(format!("`log_origin`: `{o}` must be non-empty, without spaces or `+`"));
+        }
         let log =
             args.log.clone().or_else(|| file_str(&table, "log", &mut problems, &file)).unwrap_or_else(|| "info".into());
         if tracing_subscriber::EnvFilter::try_new(&log).is_err() {
@@ -187,6 +230,10 @@ impl Settings {
         match (listen, jurisdiction, problems.is_empty()) {
             (Ok(listen), Ok(jurisdiction), true) => Ok(Settings {
                 server: ServerConfig {
+                    log_origin: origin
+                        .unwrap_or_else(|| format!("custody.local/{}", jurisdiction.as_str().to_ascii_lowercase())),
+                    log_max_delay: Duration::from_millis(delay),
+                    checkpoint_interval: Duration::from_millis(interval),
                     data_dir,
                     listen,
                     jurisdiction,

@@ -179,12 +179,75 @@ async fn permit_withhold_and_deny() {
     c.app.delete("profiles", "u2").await.unwrap();
     assert_eq!(status(&c.engineer.get("profiles", "u2").await.unwrap_err()), 404);
 
-    // Every decision above is in the event file, with pseudonyms only.
-    let events = std::fs::read_to_string(s.data().join("audit/events.jsonl")).unwrap();
-    let n = events.lines().count();
-    assert!(n >= 10, "{n} events");
-    assert!(!events.contains("subj-1") && !events.contains("\"u1\""), "ids must appear only as pseudonyms");
-    assert!(events.contains("\"decision\":\"deny\"") && events.contains("\"decision\":\"partial\""));
+    // Every decision above is in the transparency log, with pseudonyms only, and the log's
+    // entry bundles hold exactly the entries the receipts vouched for.
+    let key = c.monitor.log_key().await.unwrap();
+    let r = c.abroad.get("profiles", "u1").await.unwrap();
+    let (entry, _) = custody_client::verify_receipt(&r.receipt, &key).unwrap();
+    assert!(entry.contains("\"decision\":\"partial\"") && !entry.contains("subj-1") && !entry.contains("\"u1\""));
+    let e = bare.search("profiles", "email", json!("x")).await.unwrap_err();
+    let (entry, _) = custody_client::verify_receipt(e.problem().unwrap().receipt.as_ref().unwrap(), &key).unwrap();
+    assert!(entry.contains("\"decision\":\"deny\""), "{entry}");
+    let mut tampered = r.receipt.clone();
+    tampered.detail["entry"] = json!(entry);
+    assert!(custody_client::verify_receipt(&tampered, &key).is_err(), "a receipt for another entry must fail");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_prove_inclusion_in_the_served_log() {
+    let s = Server::start();
+    let c = cast(&s);
+    seed(&c.app, "u1", "subj-1", "canary-l").await;
+    let key = c.monitor.log_key().await.unwrap();
+    let mut receipts = Vec::new();
+    for _ in 0..20 {
+        receipts.push(c.engineer.get("profiles", "u1").await.unwrap().receipt);
+    }
+    // A checkpoint covering every receipt is signed within the checkpoint interval.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (first, checkpoint) = loop {
+        let text = c.monitor.checkpoint().await.unwrap();
+        let cp = custody_verify::verify_checkpoint(&text, &key).unwrap();
+        if cp.size > receipts.last().unwrap().index {
+            break (receipts[0].index, text);
+        }
+        assert!(Instant::now() < deadline, "no checkpoint covers the receipts");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let cp = custody_verify::verify_checkpoint(&checkpoint, &key).unwrap();
+    assert_eq!(cp.origin, "custody.local/us");
+    for r in &receipts {
+        let (entry, log_receipt) = custody_client::verify_receipt(r, &key).unwrap();
+        let proof = c.monitor.inclusion_proof(r.index, cp.size).await.unwrap();
+        let receipt_json = serde_json::to_string(&log_receipt).unwrap();
+        custody_verify::verify_receipt_in_log(&receipt_json, &key, entry.as_bytes(), &checkpoint, &proof).unwrap();
+    }
+    // The tiles are served at their C2SP paths; the entry bundle holds the receipted entry.
+    let http = reqwest::Client::new();
+    let bundle = http.get(format!("{}/log/tile/entries/000.p/{}", s.base, cp.size.min(256))).send().await.unwrap();
+    assert_eq!(bundle.status(), 200);
+    let bytes = bundle.bytes().await.unwrap();
+    let (entry0, _) = custody_client::verify_receipt(&receipts[0], &key).unwrap();
+    assert!(bytes.windows(entry0.len()).any(|w| w == entry0.as_bytes()), "entry {first} is in the bundle");
+    let r = http.get(format!("{}/log/tile/0/000.p/{}", s.base, cp.size.min(256))).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().len() as u64, 32 * cp.size.min(256));
+    assert_eq!(http.get(format!("{}/log/tile/0/x1/000", s.base)).send().await.unwrap().status(), 400);
+
+    // A later checkpoint is consistent with this one.
+    c.engineer.get("profiles", "u1").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let later = loop {
+        let text = c.monitor.checkpoint().await.unwrap();
+        if custody_verify::verify_checkpoint(&text, &key).unwrap().size > cp.size {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "the log stopped checkpointing");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let new_size = custody_verify::verify_checkpoint(&later, &key).unwrap().size;
+    let proof = c.monitor.consistency_proof(cp.size, new_size).await.unwrap();
+    custody_verify::verify_consistency(&checkpoint, &later, &key, &proof).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
