@@ -11,7 +11,7 @@ use std::thread;
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
-use custody_core::AccessEvent;
+use custody_core::LogEntry;
 
 use crate::{AuditError, AuditReceipt, AuditSink, Pending};
 
@@ -90,7 +90,7 @@ impl FileAuditSink {
 }
 
 impl AuditSink for FileAuditSink {
-    fn submit(&self, event: &AccessEvent) -> Result<Pending, AuditError> {
+    fn submit(&self, event: &LogEntry) -> Result<Pending, AuditError> {
         if self.failed.load(Ordering::Acquire) {
             return Err(AuditError::Failed("an earlier write failed; see the server log".into()));
         }
@@ -190,10 +190,10 @@ fn writer(mut file: File, rx: Receiver<Job>, mut tail: Tail, max_batch: usize, f
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use custody_core::{Action, CollectionName, Decision, PrincipalId};
+    use custody_core::{AccessEvent, Action, CollectionName, Decision, PrincipalId};
 
-    fn event(n: usize) -> AccessEvent {
-        AccessEvent {
+    fn event(n: usize) -> LogEntry {
+        LogEntry::Access(AccessEvent {
             v: 1,
             kind: "access".into(),
             time: time::OffsetDateTime::UNIX_EPOCH,
@@ -210,7 +210,7 @@ mod tests {
             location: None,
             policy_set: "00".into(),
             decision: Decision::Permit,
-        }
+        })
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,7 +19,7 @@ mod file;
 
 pub use file::{FileAuditSink, FileSinkOptions};
 
-use custody_core::AccessEvent;
+use custody_core::LogEntry;
 use thiserror::Error;
 
 /// Proof that an event was made durable.
@@ -73,12 +73,13 @@ impl Pending {
     }
 }
 
-/// Where access events go before anything is released.
+/// Where access events (and the policy, principal and key changes that give them meaning) go
+/// before anything is released.
 pub trait AuditSink: Send + Sync + 'static {
-    /// Queues `event`; the returned [`Pending`] resolves once it is durable.
+    /// Queues `entry`; the returned [`Pending`] resolves once it is durable.
     ///
     /// # Errors
     /// [`AuditError::Overloaded`] when the queue is full, [`AuditError::Failed`] or
     /// [`AuditError::Closed`] when the sink cannot accept anything.
-    fn submit(&self, event: &AccessEvent) -> Result<Pending, AuditError>;
+    fn submit(&self, entry: &LogEntry) -> Result<Pending, AuditError>;
 }

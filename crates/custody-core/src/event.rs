@@ -122,3 +122,104 @@ impl AccessEvent {
     /// The current document version.
     pub const VERSION: u32 = 1;
 }
+
+/// One entry of custody's log: an access decision, or a change that monitors need to judge
+/// later decisions (the policy set in force, who the principals are, which keys exist).
+///
+/// Every variant serialises as a flat JSON document with `v` and `kind`, so a verifier can
+/// dispatch on `kind` and reject a version it does not know.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum LogEntry {
+    /// `kind: "access"`.
+    Access(AccessEvent),
+    /// `kind: "policy-set"`.
+    PolicySet(PolicySetEvent),
+    /// `kind: "principal"`.
+    Principal(PrincipalEvent),
+    /// `kind: "key"`.
+    Key(KeyEvent),
+}
+
+/// A policy set took effect: its hash and full text, so monitors can replay decisions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicySetEvent {
+    /// Document version.
+    pub v: u32,
+    /// Always `policy-set`.
+    pub kind: String,
+    /// When it took effect (RFC 3339, UTC).
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: time::OffsetDateTime,
+    /// Why: `start` (loaded when the server started) or `reload`.
+    pub cause: String,
+    /// SHA-256 (hex) of the set, as access events cite it.
+    pub policy_set: String,
+    /// The policy ids in the set.
+    pub policies: Vec<String>,
+    /// The source files as `(name, text)`.
+    pub files: Vec<(String, String)>,
+}
+
+/// A principal was added or revoked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrincipalEvent {
+    /// Document version.
+    pub v: u32,
+    /// Always `principal`.
+    pub kind: String,
+    /// When (RFC 3339, UTC).
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: time::OffsetDateTime,
+    /// `added` or `revoked`.
+    pub change: String,
+    /// The principal.
+    pub principal: PrincipalId,
+    /// Its kind.
+    pub principal_kind: String,
+    /// Its location, employer, roles and tags (a subject principal's subject appears only as
+    /// a pseudonym in `subject`).
+    pub location: String,
+    /// Its employer.
+    pub employer: String,
+    /// Its roles.
+    pub roles: Vec<String>,
+    /// Further attributes.
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// For subject principals: the pseudonym of the subject they are.
+    pub subject: Option<PseudonymId>,
+}
+
+/// A key was created, rotated or destroyed. Never carries key material.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyEvent {
+    /// Document version.
+    pub v: u32,
+    /// Always `key`.
+    pub kind: String,
+    /// When (RFC 3339, UTC).
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: time::OffsetDateTime,
+    /// `created`, `rotated` or `destroyed`.
+    pub change: String,
+    /// Which key: `kek`, `blind-index`, `pseudonym` or `subject-dek`.
+    pub key: String,
+    /// For subject keys: the subject's pseudonym.
+    pub subject: Option<PseudonymId>,
+    /// The key's version, where it has one.
+    pub version: Option<u32>,
+    /// Which key provider holds or wraps it (`file`, `pkcs11`).
+    pub provider: String,
+}
+
+impl LogEntry {
+    /// The entry's `kind`.
+    pub fn kind(&self) -> &str {
+        match self {
+            LogEntry::Access(e) => &e.kind,
+            LogEntry::PolicySet(e) => &e.kind,
+            LogEntry::Principal(e) => &e.kind,
+            LogEntry::Key(e) => &e.kind,
+        }
+    }
+}

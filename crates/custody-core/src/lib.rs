@@ -15,7 +15,9 @@ mod principal;
 mod schema;
 
 pub use error::{IdError, SchemaError, SchemaFileError};
-pub use event::{AccessEvent, Action, Decision, FieldOutcome, PseudonymId};
+pub use event::{
+    AccessEvent, Action, Decision, FieldOutcome, KeyEvent, LogEntry, PolicySetEvent, PrincipalEvent, PseudonymId,
+};
 pub use id::{CollectionName, DataClass, FieldName, Jurisdiction, PrincipalId, RecordId, SubjectId};
 pub use principal::{PrincipalAttrs, PrincipalKind, PrincipalRecord};
 pub use schema::{ClassSpec, CollectionSchema, DEFAULT_CLASSES, FieldSpec, FieldType, Schema, ValidatedFields};

@@ -70,7 +70,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use custody_audit::{AuditError, AuditReceipt, AuditSink, Pending};
-use custody_core::AccessEvent;
+use custody_core::LogEntry;
 use custody_tlog::note::NoteSigner;
 use custody_tlog::tile::{MAX_ENTRY_SIZE, TILE_WIDTH, TileHashReader};
 use custody_tlog::{Checkpoint, Ed25519Signer, Ed25519Verifier, Hash, Receipt, Tile, TileKind, leaf_hash, sign_batch};
@@ -458,10 +458,10 @@ impl Drop for Log {
     }
 }
 
-/// Each event's entry is its canonical JSON (`serde_json::to_vec` of the [`AccessEvent`]); the
-/// [`AuditReceipt`]'s detail is the JSON of its [`Receipt`].
+/// Each entry is its canonical JSON (`serde_json::to_vec` of the [`LogEntry`]); the
+/// [`AuditReceipt`]'s detail is `{"log": <the Receipt>, "entry": <the exact entry text>}`.
 impl AuditSink for Log {
-    fn submit(&self, event: &AccessEvent) -> Result<Pending, AuditError> {
+    fn submit(&self, event: &LogEntry) -> Result<Pending, AuditError> {
         let entry = serde_json::to_vec(event).map_err(|e| AuditError::Failed(e.to_string()))?;
         if entry.len() > MAX_ENTRY_SIZE {
             return Err(AuditError::Failed(LogError::EntryTooLarge(entry.len()).to_string()));

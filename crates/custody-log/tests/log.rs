@@ -145,7 +145,7 @@ async fn audit_sink_receipts_commit_to_the_event_json() {
         let sink = sink.clone();
         tasks.push(tokio::spawn(async move {
             let ev = event(n);
-            let got = sink.submit(&ev).unwrap().durable().await.unwrap();
+            let got = sink.submit(&custody_core::LogEntry::Access(ev.clone())).unwrap().durable().await.unwrap();
             (ev, got)
         }));
     }

@@ -38,7 +38,7 @@ use serde_json::{Map, Value, json};
 use tokio::runtime::Runtime;
 
 use custody_audit::{AuditError, AuditReceipt, AuditSink, Pending};
-use custody_core::{AccessEvent, Action, CollectionName, Decision, FieldName, RecordId};
+use custody_core::{AccessEvent, Action, CollectionName, Decision, FieldName, LogEntry, RecordId};
 use custody_policy::{RequestContext, ResourceRef};
 use custody_server::admin::{NewPrincipal, add_principal};
 use custody_server::guard::Caller;
@@ -60,7 +60,7 @@ const COLLECTION: &str = "profiles";
 struct DiscardSink;
 
 impl AuditSink for DiscardSink {
-    fn submit(&self, event: &AccessEvent) -> Result<Pending, AuditError> {
+    fn submit(&self, event: &LogEntry) -> Result<Pending, AuditError> {
         let body = serde_json::to_vec(event).map_err(|e| AuditError::Failed(e.to_string()))?;
         black_box(&body);
         let (tx, rx) = tokio::sync::oneshot::channel();

@@ -14,7 +14,10 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use custody_core::{IdError, Jurisdiction, PrincipalAttrs, PrincipalId, PrincipalKind, PrincipalRecord, SubjectId};
+use custody_core::{
+    IdError, Jurisdiction, LogEntry, PrincipalAttrs, PrincipalEvent, PrincipalId, PrincipalKind, PrincipalRecord,
+    SubjectId,
+};
 use custody_vault::{PrincipalStore, VaultError};
 
 use crate::ApiError;
@@ -181,11 +184,29 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .with_state(state)
 }
 
+/// The log entry recording a principal change.
+pub fn principal_event(s: &ServerState, change: &str, p: &PrincipalView) -> Result<LogEntry, AdminError> {
+    Ok(LogEntry::Principal(PrincipalEvent {
+        v: 1,
+        kind: "principal".into(),
+        time: time::OffsetDateTime::now_utc(),
+        change: change.into(),
+        principal: PrincipalId::new(&p.id)?,
+        principal_kind: p.kind.to_string(),
+        location: p.attrs.location.to_string(),
+        employer: p.attrs.employer.clone(),
+        roles: p.attrs.roles.clone(),
+        tags: p.attrs.tags.clone(),
+        subject: p.attrs.subject.as_ref().map(|sub| s.guard.vault().pseudonyms().subject(sub.as_str())),
+    }))
+}
+
 async fn add(
     State(s): State<Arc<ServerState>>,
     ApiJson(req): ApiJson<NewPrincipal>,
 ) -> Result<(StatusCode, Json<Issued>), ApiError> {
     let issued = add_principal(s.auth.store().as_ref(), req)?;
+    s.guard.log(&principal_event(&s, "added", &issued.principal)?).await?;
     tracing::info!(principal = %issued.principal.id, kind = %issued.principal.kind, "principal added");
     Ok((StatusCode::CREATED, Json(issued)))
 }
@@ -198,6 +219,7 @@ async fn revoke(
     if let Ok(pid) = PrincipalId::new(&view.id) {
         s.auth.invalidate(&pid);
     }
+    s.guard.log(&principal_event(&s, "revoked", &view)?).await?;
     tracing::info!(principal = %view.id, "principal revoked");
     Ok(Json(view))
 }
@@ -207,10 +229,8 @@ async fn list(State(s): State<Arc<ServerState>>) -> Result<Json<Vec<PrincipalVie
 }
 
 async fn reload(State(s): State<Arc<ServerState>>) -> Result<Json<Reloaded>, ApiError> {
-    match s.reload_policies() {
+    match s.reload_and_log().await {
         Ok(set) => Ok(Json(Reloaded { policy_set: set.hash().to_string(), policies: set.ids().to_vec() })),
-        Err(e) => {
-            Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "policy-invalid", "Policy set refused", e.to_string()))
-        }
+        Err(e) => Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "policy-invalid", "Policy set refused", e)),
     }
 }

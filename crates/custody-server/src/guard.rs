@@ -13,7 +13,7 @@ use thiserror::Error;
 use custody_audit::{AuditError, AuditSink};
 use custody_core::{
     AccessEvent, Action, CollectionName, CollectionSchema, DataClass, Decision, FieldName, FieldOutcome, IdError,
-    Jurisdiction, PrincipalRecord, RecordId, Schema, SchemaError, SubjectId,
+    Jurisdiction, KeyEvent, LogEntry, PrincipalRecord, RecordId, Schema, SchemaError, SubjectId,
 };
 use custody_policy::{ClassDecision, LoadedPolicies, PolicyEngine, PreparedPrincipal, RequestContext, ResourceRef};
 use custody_vault::{StoredRecord, Vault, VaultError, WriteMode};
@@ -269,7 +269,16 @@ impl Guard {
     }
 
     async fn record(&self, event: &AccessEvent) -> Result<Receipt, GuardError> {
-        let pending = self.audit.submit(event).inspect_err(|_| self.metrics.audit_failure())?;
+        self.log(&LogEntry::Access(event.clone())).await
+    }
+
+    /// Makes any log entry durable (policy, principal and key changes as well as access
+    /// events) and returns its receipt.
+    ///
+    /// # Errors
+    /// [`GuardError::AuditUnavailable`].
+    pub async fn log(&self, entry: &LogEntry) -> Result<Receipt, GuardError> {
+        let pending = self.audit.submit(entry).inspect_err(|_| self.metrics.audit_failure())?;
         let r = pending.durable().await.inspect_err(|_| self.metrics.audit_failure())?;
         Ok(Receipt { index: r.index, detail: r.detail })
     }
@@ -532,9 +541,25 @@ impl Guard {
         let (vault, schema) = (self.vault.clone(), self.schema.clone());
         let (c2, id2) = (cname.clone(), id.clone());
         let written: Vec<String> = fields.keys().map(ToString::to_string).collect();
-        tokio::task::spawn_blocking(move || vault.write(&schema, &c2, &id2, &subject, &jurisdiction, &fields, mode))
-            .await
-            .map_err(|e| GuardError::Storage(e.to_string()))??;
+        let pseudonym = self.vault.pseudonyms().subject(subject.as_str());
+        let created = tokio::task::spawn_blocking(move || {
+            vault.write(&schema, &c2, &id2, &subject, &jurisdiction, &fields, mode)
+        })
+        .await
+        .map_err(|e| GuardError::Storage(e.to_string()))??;
+        if let Some(version) = created {
+            self.log(&LogEntry::Key(KeyEvent {
+                v: 1,
+                kind: "key".into(),
+                time: time::OffsetDateTime::now_utc(),
+                change: "created".into(),
+                key: "subject-dek".into(),
+                subject: Some(pseudonym),
+                version: Some(version),
+                provider: self.vault.provider_name().to_string(),
+            }))
+            .await?;
+        }
         Ok(WriteResponse { id: id.to_string(), written, receipt })
     }
 

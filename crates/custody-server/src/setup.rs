@@ -25,7 +25,10 @@ use thiserror::Error;
 use std::time::Duration;
 
 use custody_audit::AuditSink;
-use custody_core::{Jurisdiction, Schema};
+use custody_core::{Jurisdiction, KeyEvent, LogEntry, PolicySetEvent, Schema};
+use custody_policy::LoadedPolicies;
+
+use crate::guard::GuardError;
 use custody_crypto::FileKeyProvider;
 use custody_log::{Log, LogConfig};
 use custody_policy::PolicyEngine;
@@ -229,6 +232,9 @@ pub struct ServerState {
     pub policy: Arc<PolicyEngine>,
     /// The transparency log every access event goes to (absent with a custom sink).
     pub log: Option<Arc<Log>>,
+    /// Whether this open created the KEK and system keys (a fresh data dir), so
+    /// [`ServerState::announce`] logs their creation.
+    fresh_keys: bool,
     /// The resolved config.
     pub config: ServerConfig,
     /// The data dir's paths.
@@ -276,13 +282,69 @@ impl ServerState {
                 .map_err(|source| SetupError::Schema { path: dirs.schema.display().to_string(), source })?,
         );
         let policy = Arc::new(PolicyEngine::load_dir(cfg.jurisdiction.clone(), &dirs.policies)?);
+        let fresh_keys = !dirs.kek.exists();
         let provider = Arc::new(FileKeyProvider::open_or_create(&dirs.kek)?);
         let store = Arc::new(RedbStore::open(&dirs.root, &dirs.keys)?);
         let vault = Arc::new(Vault::new(store.clone(), store.clone(), provider)?);
         let metrics = Arc::new(Metrics::new());
         let guard = Guard::new(schema, vault, policy.clone(), sink, metrics.clone());
         let auth = Authenticator::new(store, policy.clone());
-        Ok(Arc::new(Self { guard, auth, metrics, policy, log, config: cfg, dirs }))
+        Ok(Arc::new(Self { guard, auth, metrics, policy, log, fresh_keys, config: cfg, dirs }))
+    }
+
+    /// Logs what a monitor needs before the first access: the policy set in force and, for a
+    /// fresh data dir, the creation of the provider's keys.
+    ///
+    /// # Errors
+    /// [`GuardError::AuditUnavailable`]: the server must not serve without it.
+    pub async fn announce(&self) -> Result<(), GuardError> {
+        if self.fresh_keys {
+            for key in ["kek", "blind-index", "pseudonym"] {
+                self.guard
+                    .log(&LogEntry::Key(KeyEvent {
+                        v: 1,
+                        kind: "key".into(),
+                        time: time::OffsetDateTime::now_utc(),
+                        change: "created".into(),
+                        key: key.into(),
+                        subject: None,
+                        version: None,
+                        provider: self.guard.vault().provider_name().to_string(),
+                    }))
+                    .await?;
+            }
+        }
+        self.log_policy_set(&self.policy.current(), "start").await
+    }
+
+    async fn log_policy_set(&self, set: &LoadedPolicies, cause: &str) -> Result<(), GuardError> {
+        self.guard
+            .log(&LogEntry::PolicySet(PolicySetEvent {
+                v: 1,
+                kind: "policy-set".into(),
+                time: time::OffsetDateTime::now_utc(),
+                cause: cause.into(),
+                policy_set: set.hash().to_string(),
+                policies: set.ids().to_vec(),
+                files: set.files().to_vec(),
+            }))
+            .await
+            .map(|_| ())
+    }
+
+    /// Reloads the policy directory and logs the new set; a broken set is refused and the
+    /// old one stays in force.
+    ///
+    /// # Errors
+    /// The set's problems, or a log failure (the new set is then in force but its record
+    /// failed, which is logged loudly).
+    pub async fn reload_and_log(&self) -> Result<Arc<LoadedPolicies>, String> {
+        let set = self.reload_policies().map_err(|e| e.to_string())?;
+        if let Err(e) = self.log_policy_set(&set, "reload").await {
+            tracing::error!(error = %e, "the policy change could not be logged");
+            return Err(format!("policy set {} is in force but could not be logged: {e}", set.hash()));
+        }
+        Ok(set)
     }
 
     /// Reloads the policy directory; a broken set is refused and the old one stays.
@@ -313,6 +375,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    state.announce().await.map_err(|e| std::io::Error::other(e.to_string()))?;
     let sock = state.dirs.admin_socket.clone();
     let _ = std::fs::remove_file(&sock);
     let admin_listener = tokio::net::UnixListener::bind(&sock)?;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use custody_audit::{AuditError, AuditSink, FileAuditSink, FileSinkOptions, Pending};
-use custody_core::AccessEvent;
+use custody_core::LogEntry;
 use custody_policy::RequestContext;
 use custody_server::admin::{NewPrincipal, add_principal};
 use custody_server::guard::GuardError;
@@ -19,7 +19,7 @@ struct Breakable {
 }
 
 impl AuditSink for Breakable {
-    fn submit(&self, event: &AccessEvent) -> Result<Pending, AuditError> {
+    fn submit(&self, event: &LogEntry) -> Result<Pending, AuditError> {
         if self.broken.load(Ordering::SeqCst) {
             return Err(AuditError::Failed("disk full".into()));
         }

@@ -87,13 +87,19 @@ impl Vault {
         self.index_key.term(collection.as_str(), field, &canonical)
     }
 
-    fn subject_dek(&self, subject: &SubjectId, create: bool) -> Result<(u32, DataKey), VaultError> {
+    /// The subject's DEK; with `create`, makes one if the subject has none. The flag says
+    /// whether this call created it (a key event for the log).
+    fn subject_dek(&self, subject: &SubjectId, create: bool) -> Result<(u32, DataKey, bool), VaultError> {
+        let mut created = false;
         let state = match self.keys.subject_key(subject)? {
             Some(s) => s,
             None if create => {
                 let version = 1;
                 let wrapped = self.provider.wrap(&dek_context(subject, version), &DataKey::generate())?;
-                self.keys.insert_subject_key(subject, &WrappedKey { version, wrapped })?
+                let key = WrappedKey { version, wrapped };
+                let state = self.keys.insert_subject_key(subject, &key)?;
+                created = state == KeyState::Active(key);
+                state
             }
             None => return Err(VaultError::Integrity(format!("missing key of subject `{subject}`"))),
         };
@@ -103,13 +109,14 @@ impl Vault {
                     .provider
                     .unwrap(&dek_context(subject, k.version), &k.wrapped)
                     .map_err(|_| VaultError::Integrity(format!("key of subject `{subject}`")))?;
-                Ok((k.version, dek))
+                Ok((k.version, dek, created))
             }
             KeyState::Destroyed { .. } => Err(VaultError::Erased(subject.to_string())),
         }
     }
 
-    /// Seals and stores fields of a record.
+    /// Seals and stores fields of a record. Returns the version of the subject's DEK if this
+    /// write created it (the subject's first record), so the caller can log the key event.
     ///
     /// # Errors
     /// [`VaultError::AlreadyExists`] / [`VaultError::NotFound`] by mode,
@@ -125,7 +132,7 @@ impl Vault {
         jurisdiction: &Jurisdiction,
         fields: &ValidatedFields,
         mode: WriteMode,
-    ) -> Result<(), VaultError> {
+    ) -> Result<Option<u32>, VaultError> {
         let (_, coll) = schema.collection(collection.as_str()).map_err(|e| VaultError::NotFound(e.to_string()))?;
         let mut record = match mode {
             WriteMode::Create => StoredRecord {
@@ -143,7 +150,7 @@ impl Vault {
                 r
             }
         };
-        let (version, dek) = self.subject_dek(subject, true)?;
+        let (version, dek, created) = self.subject_dek(subject, true)?;
         if record.key_version != 0 && record.key_version != version {
             return Err(VaultError::Integrity(format!("key version of `{collection}/{id}`")));
         }
@@ -173,7 +180,13 @@ impl Vault {
                 add.push((name.to_string(), term));
             }
         }
-        self.records.put(collection, id, &record, mode == WriteMode::Create, &remove, &add)
+        self.records.put(collection, id, &record, mode == WriteMode::Create, &remove, &add)?;
+        Ok(created.then_some(version))
+    }
+
+    /// The key provider's name (`file`, `pkcs11`), for key events.
+    pub fn provider_name(&self) -> &str {
+        self.provider.name()
     }
 
     /// The stored (still sealed) record.
@@ -211,7 +224,7 @@ impl Vault {
                 StoredValue::Plain(bytes) => bytes.clone(),
                 StoredValue::Sealed(sealed) => {
                     if dek.is_none() {
-                        let (version, k) = self.subject_dek(&record.subject, false)?;
+                        let (version, k, _) = self.subject_dek(&record.subject, false)?;
                         if version != record.key_version {
                             return Err(VaultError::Integrity(format!("key version of `{collection}/{id}`")));
                         }

@@ -229,6 +229,14 @@ async fn receipts_prove_inclusion_in_the_served_log() {
     let bytes = bundle.bytes().await.unwrap();
     let (entry0, _) = custody_client::verify_receipt(&receipts[0], &key).unwrap();
     assert!(bytes.windows(entry0.len()).any(|w| w == entry0.as_bytes()), "entry {first} is in the bundle");
+    // Besides access decisions, the log holds what a monitor needs to judge them: the policy
+    // set in force (with its text), the principals, and the keys created.
+    let text = String::from_utf8_lossy(&bytes);
+    for kind in ["\"kind\":\"policy-set\"", "\"kind\":\"principal\"", "\"key\":\"kek\"", "\"key\":\"subject-dek\""] {
+        assert!(text.contains(kind), "no {kind} entry in the log");
+    }
+    assert!(text.contains("no-protected-outside-jurisdiction"), "the policy text is logged");
+    assert!(!text.contains("subj-1") && !text.contains("canary-l"), "no subject id or protected value in the log");
     let r = http.get(format!("{}/log/tile/0/000.p/{}", s.base, cp.size.min(256))).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap().len() as u64, 32 * cp.size.min(256));

@@ -44,7 +44,7 @@ pub(crate) fn run(settings: &Settings) -> anyhow::Result<()> {
         tokio::spawn(async move {
             let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
             while hup.recv().await.is_some() {
-                let _ = hup_state.reload_policies();
+                let _ = hup_state.reload_and_log().await;
             }
         });
         custody_server::setup::serve(state, listener, shutdown_signal()).await?;
