@@ -169,7 +169,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/collections/{collection}/search", post(search))
         .route("/log/checkpoint", get(log_checkpoint))
         .route("/log/key", get(log_key))
-        .route("/log/tile/{*path}", get(log_tile))
+        // tlog-tiles: entry bundles SHOULD be compressed at the HTTP layer.
+        .route("/log/tile/{*path}", get(log_tile).layer(tower_http::compression::CompressionLayer::new()))
         .route("/log/proof/inclusion", get(proof_inclusion))
         .route("/log/proof/consistency", get(proof_consistency))
         .route("/healthz", get(healthz))
@@ -236,7 +237,8 @@ async fn log_tile(State(s): State<AppState>, ApiPath(path): ApiPath<String>) -> 
         .ok_or_else(|| {
             ApiError::new(StatusCode::NOT_FOUND, "no-tile", "No such tile", "the log has no such tile yet")
         })?;
-    let cache = if full_path.contains(".p/") { "no-cache" } else { "public, max-age=31536000, immutable" };
+    // A tile at a given path (a partial tile's path includes its width) never changes.
+    let cache = "public, max-age=31536000, immutable";
     Ok(([(header::CONTENT_TYPE, "application/octet-stream"), (header::CACHE_CONTROL, cache)], data).into_response())
 }
 
