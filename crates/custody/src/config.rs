@@ -47,7 +47,7 @@ pub(crate) struct SettingArgs {
     /// Most log entries sequenced per batch: one write, one fsync, one signature [default: 4096]
     #[arg(long, env = "CUSTODY_AUDIT_MAX_BATCH", global = true, value_name = "N")]
     pub(crate) audit_max_batch: Option<u64>,
-    /// Transparency log origin, the first line of every checkpoint [default: custody.local/<jurisdiction in lowercase>]
+    /// Transparency log origin, the first line of every checkpoint [default: custody.local/ followed by the jurisdiction in lowercase]
     #[arg(long, env = "CUSTODY_LOG_ORIGIN", global = true, value_name = "ORIGIN")]
     pub(crate) log_origin: Option<String>,
     /// Longest a log batch waits for more entries, in milliseconds [default: 1]
