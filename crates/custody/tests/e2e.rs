@@ -2,79 +2,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use custody_client::{Client, ClientError, Reason};
 use serde_json::{Map, Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_custody");
+mod common;
 
-struct Server {
-    child: Child,
-    dir: tempfile::TempDir,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-impl Server {
-    fn start() -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let child = Command::new(BIN)
-            .args([
-                "--data-dir",
-                dir.path().join("data").to_str().unwrap(),
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "serve",
-            ])
-            .env("CUSTODY_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let base = format!("http://127.0.0.1:{port}");
-        let s = Server { child, dir, base };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() || !s.data().join("admin.sock").exists() {
-            assert!(Instant::now() < deadline, "server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        s
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(BIN).arg("--data-dir").arg(self.data()).args(args).output().unwrap()
-    }
-
-    fn principal(&self, id: &str, kind: &str, location: &str, extra: &[&str]) -> String {
-        let mut args = vec!["--format", "json", "principal", "add", "--id", id, "--kind", kind, "--location", location];
-        args.extend_from_slice(extra);
-        let out = self.cli(&args);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["token"].as_str().unwrap().to_string()
-    }
-
-    fn client(&self, token: &str) -> Client {
-        Client::new(&self.base, token).unwrap()
-    }
-}
+use common::{BIN, Server};
 
 fn fields(v: Value) -> Map<String, Value> {
     v.as_object().unwrap().clone()
@@ -381,7 +317,7 @@ async fn sighup_reloads_policies() {
         "@id(\"freeze-by-hup\") forbid(principal, action, resource is Custody::Data) when { resource.class == \"protected\" };",
     )
     .unwrap();
-    let pid = nix::unistd::Pid::from_raw(s.child.id() as i32);
+    let pid = nix::unistd::Pid::from_raw(s.pid() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

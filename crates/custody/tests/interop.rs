@@ -6,81 +6,19 @@
 //! CI installs them (`pip install cryptography`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use custody_client::{Client, Reason};
 use serde_json::{Map, Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_custody");
+mod common;
+
+use common::Server;
 const VERIFIER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/interop/verify_log.py");
 /// One C2SP tile: 256 hashes.
 const TILE: u64 = 256;
-
-struct Server {
-    child: Child,
-    dir: tempfile::TempDir,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-impl Server {
-    fn start() -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let child = Command::new(BIN)
-            .args([
-                "--data-dir",
-                dir.path().join("data").to_str().unwrap(),
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--checkpoint-interval-ms",
-                "100",
-                "serve",
-            ])
-            .env("CUSTODY_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let base = format!("http://127.0.0.1:{port}");
-        let s = Server { child, dir, base };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() || !s.data().join("admin.sock").exists() {
-            assert!(Instant::now() < deadline, "server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        s
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    fn principal(&self, id: &str, kind: &str, location: &str, extra: &[&str]) -> String {
-        let mut args = vec!["--format", "json", "principal", "add", "--id", id, "--kind", kind, "--location", location];
-        args.extend_from_slice(extra);
-        let out = Command::new(BIN).arg("--data-dir").arg(self.data()).args(&args).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["token"].as_str().unwrap().to_string()
-    }
-
-    fn client(&self, token: &str) -> Client {
-        Client::new(&self.base, token).unwrap()
-    }
-}
 
 fn python() -> String {
     std::env::var("CUSTODY_INTEROP_PYTHON").unwrap_or_else(|_| "python3".to_string())
@@ -171,7 +109,7 @@ fn write(path: &Path, text: &str) {
 async fn served_log_verifies_with_an_independent_c2sp_verifier() {
     require_python();
     let started = Instant::now();
-    let s = Server::start();
+    let s = Server::start_with(&["--checkpoint-interval-ms", "100"]);
     let app = s.client(&s.principal("clips-backend", "workload", "US", &["--role", "app-backend"]));
     let engineer = s
         .client(&s.principal("alice", "engineer", "US", &["--employer", "provider", "--role", "support"]))
@@ -189,7 +127,7 @@ async fn served_log_verifies_with_an_independent_c2sp_verifier() {
     let old = checkpoint_covering(&monitor, last).await;
     let old_size = checkpoint_size(&old);
     assert!(old_size < TILE, "the old checkpoint ({old_size}) should end inside the first tile");
-    let old_file = s.dir.path().join("old-checkpoint");
+    let old_file = s.data().join("old-checkpoint");
     write(&old_file, &old);
 
     // More reads until the tree holds a full tile and a partial one.
@@ -226,7 +164,7 @@ async fn served_log_verifies_with_an_independent_c2sp_verifier() {
     // Nor must an old checkpoint whose text was altered after signing.
     let mut lines: Vec<String> = old.lines().map(str::to_string).collect();
     lines[1] = (old_size - 1).to_string();
-    let forged = s.dir.path().join("forged-checkpoint");
+    let forged = s.data().join("forged-checkpoint");
     write(&forged, &(lines.join("\n") + "\n"));
     let out = verify_log(&[&s.base, "--key", &key, "--old-checkpoint", forged.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "an altered old checkpoint must fail verification");

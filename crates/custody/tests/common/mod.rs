@@ -1,0 +1,94 @@
+//! A real `custody serve` process on a loopback port over a temporary data dir, shared by the
+//! end-to-end test binaries.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use custody_client::Client;
+use serde_json::Value;
+
+/// The binary under test.
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_custody");
+
+/// A running server, killed when dropped.
+pub(crate) struct Server {
+    child: Child,
+    dir: tempfile::TempDir,
+    /// `http://127.0.0.1:PORT`.
+    pub(crate) base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Server {
+    /// Starts `custody serve` with default settings.
+    pub(crate) fn start() -> Server {
+        Self::start_with(&[])
+    }
+
+    /// Starts `custody serve` with extra global flags (e.g. `--checkpoint-interval-ms 100`).
+    pub(crate) fn start_with(flags: &[&str]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = Command::new(BIN)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(flags)
+            .arg("serve")
+            .env("CUSTODY_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        let s = Server { child, dir, base };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() || !s.data().join("admin.sock").exists() {
+            assert!(Instant::now() < deadline, "server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        s
+    }
+
+    /// The server's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The data dir.
+    pub(crate) fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Runs the CLI against this server's data dir.
+    pub(crate) fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN).arg("--data-dir").arg(self.data()).args(args).output().unwrap()
+    }
+
+    /// Registers a principal and returns its token.
+    pub(crate) fn principal(&self, id: &str, kind: &str, location: &str, extra: &[&str]) -> String {
+        let mut args = vec!["--format", "json", "principal", "add", "--id", id, "--kind", kind, "--location", location];
+        args.extend_from_slice(extra);
+        let out = self.cli(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["token"].as_str().unwrap().to_string()
+    }
+
+    /// A client authenticating with `token`.
+    pub(crate) fn client(&self, token: &str) -> Client {
+        Client::new(&self.base, token).unwrap()
+    }
+}
