@@ -15,23 +15,37 @@
 //!
 //! ```text
 //! entries.wal                 the write-ahead file: one checked frame per batch (the truth)
-//! tile/<L>/<N>[.p/<W>]        hash tiles           } derived from entries.wal, served as is;
-//! tile/entries/<N>[.p/<W>]    entry bundles        } checked against it at every open
+//! tile/<L>/<N>                full hash tiles      } derived from entries.wal, served as is;
+//! tile/entries/<N>            full entry bundles   } checked against it at every open
+//! tile/…/<N>.p/<W>            the open tiles, written only at a clean stop
 //! checkpoint                  the latest signed checkpoint (a signed note)
 //! key                         the log's Ed25519 note key, `PRIVATE+KEY+<origin>+…`, mode 0600
 //! ```
 //!
+//! While the log runs, the open (partial) tile of each level and the open entry bundle are
+//! served from memory: a file per batch made file creation the bottleneck.
+//!
 //! ## Group commit
 //!
-//! One writer thread owns the tree. It blocks for the first queued entry, gathers more until
-//! [`LogConfig::max_batch`] entries or [`LogConfig::max_delay`] have passed, signs the batch
-//! once ([`custody_tlog::sign_batch`]: one Ed25519 signature over the batch root, each entry's
-//! receipt carries its path inside the batch), writes the batch as one frame to `entries.wal`
-//! in one `write`, calls `fdatasync` once, then writes the tiles the batch changed and only
-//! then answers each entry with its receipt. Throughput grows with concurrency while latency
-//! stays about one sync plus the delay. Every [`LogConfig::checkpoint_interval`] (and at
-//! [`Log::close`]) a new checkpoint is signed if the tree grew, and written durably (temporary
-//! file, fsync, rename, directory fsync).
+//! Four threads form a pipeline, so no stage waits for another's I/O:
+//!
+//! 1. The **writer** owns `entries.wal`. It blocks for the first queued entry, takes every
+//!    entry already queued (up to [`LogConfig::max_batch`]), lingers up to
+//!    [`LogConfig::max_delay`] for more if that is set, signs the batch once
+//!    ([`custody_tlog::sign_batch`]: one Ed25519 signature over the batch root, each entry's
+//!    receipt carries its path inside the batch), writes it as one frame in one `write` and
+//!    calls `fdatasync` once. Entries that arrive during a sync form the next batch, so batches
+//!    grow with load on their own and the default delay is zero.
+//! 2. The **publisher** owns the tree. It appends each synced batch, writes the tiles it
+//!    changed (batches that queued up meanwhile are taken together, so an open tile is
+//!    rewritten once for all of them), makes the new size visible to readers and only then
+//!    answers each entry with its receipt, so a receipt's entry can be proved at once.
+//! 3. The **tile writer** creates the files of the full tiles the publisher hands it (on a
+//!    busy filesystem, inode allocation costs more than the rest of publishing); until a file
+//!    exists, readers get the tile from memory.
+//! 4. The **checkpointer** signs the tree head the publisher sends every
+//!    [`LogConfig::checkpoint_interval`] (and at [`Log::close`]) and writes it durably
+//!    (temporary file, fsync, rename, directory fsync), off the path of appends.
 //!
 //! ## Why an acknowledged entry is never lost
 //!
@@ -49,9 +63,12 @@
 //!   synced frames, so an entry bundle, tile or checkpoint beyond the valid frames means an
 //!   acknowledged frame was damaged, and the open fails. Only when none of that is found is
 //!   the tail cut (and the cut fsynced) before anything new is written.
+//!   (Full tiles are that evidence for all but the last 255 entries after a crash; after a
+//!   clean stop the open tiles on disk cover the rest.)
 //! - Tiles and entry bundles are not fsynced: they are derived from the frames. At open every
-//!   one is recomputed from `entries.wal`; a missing one is written, one that differs is
-//!   reported as tampering, naming its path. The stored checkpoint must verify under the
+//!   one is recomputed from `entries.wal`; a missing one, or one cut short by a crash while
+//!   it was written, is written again; one that differs otherwise is reported as tampering,
+//!   naming its path. The stored checkpoint must verify under the
 //!   log's key and match the root of the tree at its size.
 //!
 //! If a write or sync fails, the log fails closed for good: the batch in flight and every
@@ -60,23 +77,24 @@
 mod tiles;
 mod wal;
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use custody_audit::{AuditError, AuditReceipt, AuditSink, Pending};
 use custody_core::LogEntry;
 use custody_tlog::note::NoteSigner;
-use custody_tlog::tile::{MAX_ENTRY_SIZE, TILE_WIDTH, TileHashReader};
+use custody_tlog::tile::{MAX_ENTRY_SIZE, TILE_WIDTH, TileHashReader, TileReader};
 use custody_tlog::{Checkpoint, Ed25519Signer, Ed25519Verifier, Hash, Receipt, Tile, TileKind, leaf_hash, sign_batch};
 use tokio::sync::oneshot;
 
-use crate::tiles::{Builder, TileStore, write_atomic};
+use crate::tiles::{Builder, OpenTiles, TileStore, write_atomic};
 
 /// Where the log lives and how it batches.
 #[derive(Debug, Clone)]
@@ -87,7 +105,8 @@ pub struct LogConfig {
     pub origin: String,
     /// Most entries per batch (one write, one sync, one signature).
     pub max_batch: usize,
-    /// Longest a batch waits for more entries after its first arrived.
+    /// Longest a batch lingers for more entries once it has taken everything queued. Zero
+    /// (the default) is best on disks whose sync takes longer than entries take to arrive.
     pub max_delay: Duration,
     /// How often a new checkpoint is signed while the tree grows.
     pub checkpoint_interval: Duration,
@@ -96,14 +115,14 @@ pub struct LogConfig {
 }
 
 impl LogConfig {
-    /// The defaults: batches of up to 4096 entries or 1 ms, a checkpoint a second, a queue of
-    /// 65,536.
+    /// The defaults: batches of up to 4096 entries with no added delay (entries that arrive
+    /// during a sync form the next batch), a checkpoint a second, a queue of 65,536.
     pub fn new(dir: impl Into<PathBuf>, origin: impl Into<String>) -> Self {
         Self {
             dir: dir.into(),
             origin: origin.into(),
             max_batch: 4096,
-            max_delay: Duration::from_millis(1),
+            max_delay: Duration::ZERO,
             checkpoint_interval: Duration::from_secs(1),
             queue: 65_536,
         }
@@ -264,10 +283,14 @@ impl Ack {
 
 type Job = (Vec<u8>, Ack);
 
+/// Full tiles and their bytes, shared between the tile writer and readers.
+type FullTiles = Vec<(Tile, Arc<Vec<u8>>)>;
+
 /// What readers see: the tree as far as its tiles are written, and the latest checkpoint.
 #[derive(Debug)]
 struct Published {
-    size: u64,
+    /// The published tree's size and open tiles; its full tiles are in the store.
+    open: Arc<OpenTiles>,
     checkpoint: String,
 }
 
@@ -276,15 +299,59 @@ struct Shared {
     failed: AtomicBool,
     published: RwLock<Published>,
     store: TileStore,
+    /// Full tiles published but not yet in the store: the tile writer creates their files
+    /// off the path of acknowledgements, and readers take them from here meanwhile.
+    unwritten: Mutex<HashMap<Tile, Arc<Vec<u8>>>>,
     verifier: Ed25519Verifier,
     origin: String,
+}
+
+/// The published tree as readers see it: open tiles from memory, full ones from the store.
+struct View<'a> {
+    store: &'a TileStore,
+    unwritten: &'a Mutex<HashMap<Tile, Arc<Vec<u8>>>>,
+    open: Arc<OpenTiles>,
+}
+
+impl View<'_> {
+    /// The bytes of `tile`, or `None` if the published tree does not hold all of it.
+    fn read(&self, tile: &Tile) -> Result<Option<Vec<u8>>, LogError> {
+        if !self.open.covers(tile) {
+            return Ok(None);
+        }
+        if let Some(data) = self.open.get(tile) {
+            return Ok(Some(data?));
+        }
+        let full = tile.full();
+        let unwritten = self.unwritten.lock().unwrap_or_else(PoisonError::into_inner).get(&full).cloned();
+        let path = || self.store.path(tile);
+        match unwritten {
+            Some(data) if tile.is_full() => Ok(Some(data.to_vec())),
+            Some(data) => tiles::cut(tile, &full, &data).map(Some).map_err(|e| io_err("read", &path())(e)),
+            None => self.store.read(tile).map_err(|e| io_err("read", &path())(e)),
+        }
+    }
+}
+
+impl TileReader for View<'_> {
+    fn read_tiles(&self, tiles: &[Tile]) -> Result<Vec<Vec<u8>>, custody_tlog::Error> {
+        tiles
+            .iter()
+            .map(|t| match self.read(t) {
+                Ok(Some(b)) => Ok(b),
+                Ok(None) => Err(custody_tlog::Error::ReadHashes(format!("tile `{t}` is not stored").into())),
+                Err(e) => Err(custody_tlog::Error::ReadHashes(Box::new(e))),
+            })
+            .collect()
+    }
 }
 
 /// The transparency log. See the [crate docs](crate).
 #[derive(Debug)]
 pub struct Log {
     tx: Option<SyncSender<Job>>,
-    writer: Option<JoinHandle<Result<(), String>>>,
+    /// The writer, publisher, tile and checkpoint threads, in the order they stop.
+    threads: Vec<JoinHandle<Result<(), String>>>,
     shared: Arc<Shared>,
 }
 
@@ -306,26 +373,42 @@ impl Log {
         let recovered = recover(&dir, &store, &signer, &cfg.origin)?;
         let shared = Arc::new(Shared {
             failed: AtomicBool::new(false),
-            published: RwLock::new(Published { size: recovered.builder.size(), checkpoint: String::new() }),
+            published: RwLock::new(Published {
+                open: Arc::new(recovered.builder.open_tiles()),
+                checkpoint: String::new(),
+            }),
             store,
+            unwritten: Mutex::new(HashMap::new()),
             verifier: signer.verifier(),
             origin: cfg.origin.clone(),
         });
-        let mut writer = Writer {
-            wal: recovered.wal,
-            builder: recovered.builder,
-            signer,
-            checkpoint_path: dir.join("checkpoint"),
-            checkpointed: recovered.checkpoint,
+        let mut checkpointer = Checkpointer {
+            signer: signer.clone(),
+            path: dir.join("checkpoint"),
+            written: recovered.checkpoint,
             shared: shared.clone(),
         };
-        writer.checkpoint().map_err(LogError::Failed)?;
+        checkpointer.checkpoint(recovered.builder.size(), recovered.builder.root()).map_err(LogError::Failed)?;
+        let mut writer = Writer { wal: recovered.wal, next: recovered.builder.size(), signer, shared: shared.clone() };
+        // Past this many batches of full tiles waiting for their files, the publisher waits.
+        let (tiles_tx, tiles_rx) = mpsc::sync_channel::<FullTiles>(64);
+        let mut publisher = Publisher { builder: recovered.builder, tiles: tiles_tx, shared: shared.clone() };
         let (tx, rx) = mpsc::sync_channel::<Job>(cfg.queue);
-        let handle = thread::Builder::new()
-            .name("custody-log-writer".into())
-            .spawn(move || writer.run(&rx, cfg.max_batch, cfg.max_delay, cfg.checkpoint_interval))
-            .map_err(io_err("start the writer for", &dir))?;
-        Ok(Log { tx: Some(tx), writer: Some(handle), shared })
+        // A few batches may wait for the publisher; past that the writer waits, which keeps
+        // memory bounded when tiles are written slower than entries are synced.
+        let (durable_tx, durable_rx) = mpsc::sync_channel::<Durable>(16);
+        let (head_tx, head_rx) = mpsc::sync_channel::<(u64, Hash)>(1);
+        let spawn = |name: &str, f: Box<dyn FnOnce() -> Result<(), String> + Send>| {
+            thread::Builder::new().name(name.into()).spawn(f).map_err(io_err("start a thread for", &dir))
+        };
+        let interval = cfg.checkpoint_interval;
+        let checkpoints = spawn("custody-log-checkpoint", Box::new(move || checkpointer.run(&head_rx)))?;
+        let tile_shared = shared.clone();
+        let tiles = spawn("custody-log-tiles", Box::new(move || write_tiles(&tile_shared, &tiles_rx)))?;
+        let publish = spawn("custody-log-publish", Box::new(move || publisher.run(&durable_rx, &head_tx, interval)))?;
+        let (max_batch, max_delay) = (cfg.max_batch, cfg.max_delay);
+        let write = spawn("custody-log-writer", Box::new(move || writer.run(&rx, &durable_tx, max_batch, max_delay)))?;
+        Ok(Log { tx: Some(tx), threads: vec![write, publish, tiles, checkpoints], shared })
     }
 
     /// Queues `entry`; the returned [`LogPending`] resolves with its receipt once durable.
@@ -364,7 +447,7 @@ impl Log {
 
     /// The number of entries sequenced and written to tiles.
     pub fn size(&self) -> u64 {
-        self.shared.published.read().unwrap_or_else(PoisonError::into_inner).size
+        self.open_tiles().size()
     }
 
     /// The latest signed checkpoint (note text with its signature line).
@@ -389,8 +472,12 @@ impl Log {
     /// [`LogError::BadPath`] for a path that is not canonical; [`LogError::Io`].
     pub fn read_tile(&self, path: &str) -> Result<Option<Vec<u8>>, LogError> {
         let tile = Tile::parse_path(path).map_err(LogError::BadPath)?;
-        let file = self.shared.store.path(&tile);
-        self.shared.store.read(&tile).map_err(io_err("read", &file))
+        let view = View { store: &self.shared.store, unwritten: &self.shared.unwritten, open: self.open_tiles() };
+        view.read(&tile)
+    }
+
+    fn open_tiles(&self) -> Arc<OpenTiles> {
+        self.shared.published.read().unwrap_or_else(PoisonError::into_inner).open.clone()
     }
 
     /// The RFC 6962 inclusion proof of entry `index` in the tree of `size`.
@@ -399,8 +486,7 @@ impl Log {
     /// [`LogError::SizeOutOfRange`] past the log's size; [`LogError::Proof`] if `index` is
     /// not below `size` or a tile cannot be read.
     pub fn prove_inclusion(&self, index: u64, size: u64) -> Result<Vec<Hash>, LogError> {
-        let reader = self.reader(size)?;
-        Ok(custody_tlog::prove_record(size, index, &reader)?)
+        self.with_reader(size, |r| custody_tlog::prove_record(size, index, r))
     }
 
     /// The RFC 6962 consistency proof from the tree of `old` to the tree of `new`.
@@ -409,8 +495,7 @@ impl Log {
     /// [`LogError::SizeOutOfRange`] past the log's size; [`LogError::Proof`] unless
     /// `1 <= old <= new` or if a tile cannot be read.
     pub fn prove_consistency(&self, old: u64, new: u64) -> Result<Vec<Hash>, LogError> {
-        let reader = self.reader(new)?;
-        Ok(custody_tlog::prove_tree(new, old, &reader)?)
+        self.with_reader(new, |r| custody_tlog::prove_tree(new, old, r))
     }
 
     /// The root hash of the tree of `size`.
@@ -418,16 +503,20 @@ impl Log {
     /// # Errors
     /// As [`Log::prove_inclusion`].
     pub fn root(&self, size: u64) -> Result<Hash, LogError> {
-        let reader = self.reader(size)?;
-        Ok(custody_tlog::tree_hash(size, &reader)?)
+        self.with_reader(size, |r| custody_tlog::tree_hash(size, r))
     }
 
-    fn reader(&self, size: u64) -> Result<TileHashReader<'_, TileStore>, LogError> {
-        let published = self.size();
+    fn with_reader<T>(
+        &self,
+        size: u64,
+        f: impl FnOnce(&TileHashReader<'_, View<'_>>) -> Result<T, custody_tlog::Error>,
+    ) -> Result<T, LogError> {
+        let view = View { store: &self.shared.store, unwritten: &self.shared.unwritten, open: self.open_tiles() };
+        let published = view.open.size();
         if size > published {
             return Err(LogError::SizeOutOfRange { size, published });
         }
-        Ok(TileHashReader::new(size, &self.shared.store)?)
+        Ok(f(&TileHashReader::new(size, &view)?)?)
     }
 
     /// Stops accepting entries, makes everything queued durable, writes a final checkpoint
@@ -442,11 +531,18 @@ impl Log {
 
     fn shutdown(&mut self) -> Result<(), LogError> {
         drop(self.tx.take());
-        match self.writer.take().map(JoinHandle::join) {
-            None | Some(Ok(Ok(()))) => Ok(()),
-            Some(Ok(Err(msg))) => Err(LogError::Failed(msg)),
-            Some(Err(_)) => Err(LogError::Failed("the log writer panicked".into())),
+        // Each stage stops when the one before it hung up; the first error is the cause.
+        let mut first_error = None;
+        for handle in self.threads.drain(..) {
+            let outcome = match handle.join() {
+                Ok(r) => r,
+                Err(_) => Err("a log thread panicked".to_owned()),
+            };
+            if let (Err(msg), None) = (outcome, &first_error) {
+                first_error = Some(msg);
+            }
         }
+        first_error.map_or(Ok(()), |msg| Err(LogError::Failed(msg)))
     }
 }
 
@@ -601,20 +697,7 @@ fn recover(dir: &Path, store: &TileStore, signer: &Ed25519Signer, origin: &str) 
         tracing::warn!(path = %wal_path.display(), offset, cut = len - offset, why, "cutting torn tail of the write-ahead log");
         wal.set_len(offset).and_then(|()| wal.sync_all()).map_err(io_err("truncate", &wal_path))?;
     }
-    // The open tiles after the checks above, which showed they are absent or right.
-    for level in 0..builder.levels() {
-        let width = (builder.count(TileKind::Hashes { level }) % u64::from(TILE_WIDTH)) as usize;
-        if width > 0 {
-            let (tile, data) = builder.open_hash_tile(level, width)?;
-            check_or_write(store, &tile, &data)?;
-        }
-    }
-    let width = (builder.size() % u64::from(TILE_WIDTH)) as usize;
-    if width > 0 {
-        let (tile, data) = builder.open_bundle(width)?;
-        check_or_write(store, &tile, &data)?;
-    }
-    // Nothing changed since: the open tiles were just written.
+    // Open tiles are served from memory; they are written only at a clean stop.
     builder.take_partials()?;
     wal.seek(SeekFrom::End(0)).map_err(io_err("seek", &wal_path))?;
     Ok(Recovered { wal, builder, checkpoint: stored.map(|c| c.size) })
@@ -625,6 +708,11 @@ fn check_or_write(store: &TileStore, tile: &Tile, data: &[u8]) -> Result<(), Log
     let path = store.path(tile);
     match store.read_exact(tile).map_err(io_err("read", &path))? {
         Some(stored) if stored == data => {}
+        // Tiles are written in place after their frame synced; a crash mid-write leaves a prefix.
+        Some(stored) if stored.len() < data.len() && data.starts_with(&stored) => {
+            tracing::warn!(path = %path.display(), "rewriting a tile cut short by a crash");
+            store.write(tile, data).map_err(io_err("write", &path))?;
+        }
         Some(_) => return Err(LogError::Tampered { path, detail: "content differs from the entries".into() }),
         None => store.write(tile, data).map_err(io_err("write", &path))?,
     }
@@ -681,45 +769,43 @@ fn check_open_tiles(store: &TileStore, builder: &Builder) -> Result<(), LogError
     Ok(())
 }
 
-/// The writer thread's state: the only owner of the write-ahead file and the tree.
+/// A batch the writer made durable, on its way to the publisher.
+struct Durable {
+    entries: Vec<Vec<u8>>,
+    leaves: Vec<Hash>,
+    acks: Vec<Ack>,
+    receipts: Vec<Receipt>,
+}
+
+/// The sequencing stage: the only owner of the write-ahead file. It signs each batch, writes
+/// it as one frame and syncs it, then hands it on; while the publisher writes tiles and
+/// answers one batch, the next is already being written and synced.
 struct Writer {
     wal: File,
-    builder: Builder,
+    /// Index of the next entry.
+    next: u64,
     signer: Ed25519Signer,
-    checkpoint_path: PathBuf,
-    /// Size of the last checkpoint written.
-    checkpointed: Option<u64>,
     shared: Arc<Shared>,
 }
 
 impl Writer {
+    /// Takes every entry already queued (up to `max_batch`), lingers up to `max_delay` for
+    /// more while the batch is not full, and commits. Entries that arrive during a sync form
+    /// the next batch, so batches grow with load without any delay.
     fn run(
         &mut self,
         rx: &Receiver<Job>,
+        out: &SyncSender<Durable>,
         max_batch: usize,
         max_delay: Duration,
-        interval: Duration,
     ) -> Result<(), String> {
-        let mut next_checkpoint = Instant::now() + interval;
-        let mut jobs: Vec<Job> = Vec::with_capacity(max_batch);
-        loop {
-            let first = match rx.recv_timeout(next_checkpoint.saturating_duration_since(Instant::now())) {
-                Ok(job) => Some(job),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => break,
-            };
-            if let Some(first) = first {
-                jobs.push(first);
+        let mut jobs: Vec<Job> = Vec::with_capacity(max_batch.min(65_536));
+        while let Ok(first) = rx.recv() {
+            jobs.push(first);
+            jobs.extend(rx.try_iter().take(max_batch.saturating_sub(1)));
+            if !max_delay.is_zero() {
                 let deadline = Instant::now() + max_delay;
                 while jobs.len() < max_batch {
-                    match rx.try_recv() {
-                        Ok(job) => {
-                            jobs.push(job);
-                            continue;
-                        }
-                        Err(TryRecvError::Disconnected) => break,
-                        Err(TryRecvError::Empty) => {}
-                    }
                     let now = Instant::now();
                     if now >= deadline {
                         break;
@@ -729,33 +815,32 @@ impl Writer {
                         Err(_) => break,
                     }
                 }
-                if let Err(msg) = self.commit(&mut jobs) {
-                    return Err(self.fail(rx, msg));
-                }
             }
-            if Instant::now() >= next_checkpoint {
-                if let Err(msg) = self.checkpoint() {
-                    return Err(self.fail(rx, msg));
-                }
-                next_checkpoint = Instant::now() + interval;
+            let durable = match self.commit(&mut jobs) {
+                Ok(d) => d,
+                Err(msg) => return Err(self.fail(rx, msg)),
+            };
+            if let Err(mpsc::SendError(d)) = out.send(durable) {
+                let msg = "the log publisher stopped".to_owned();
+                d.acks.into_iter().for_each(|a| a.fail(&msg));
+                return Err(self.fail(rx, msg));
             }
         }
-        self.checkpoint()
+        Ok(())
     }
 
     /// Fails closed: nothing more is accepted, and everything queued is refused.
     fn fail(&self, rx: &Receiver<Job>, msg: String) -> String {
-        tracing::error!(error = %msg, "transparency log write failed; refusing all further entries");
-        self.shared.failed.store(true, Ordering::Release);
+        fail_closed(&self.shared, &msg);
         for (_, ack) in rx.try_iter() {
             ack.fail(&msg);
         }
         msg
     }
 
-    /// Makes one batch durable, then publishes its tiles and answers it.
-    fn commit(&mut self, jobs: &mut Vec<Job>) -> Result<(), String> {
-        let start = self.builder.size();
+    /// Signs one batch, writes it as one frame and syncs it.
+    fn commit(&mut self, jobs: &mut Vec<Job>) -> Result<Durable, String> {
+        let start = self.next;
         let (entries, acks): (Vec<Vec<u8>>, Vec<Ack>) = jobs.drain(..).unzip();
         let leaves: Vec<Hash> = entries.iter().map(|e| leaf_hash(e)).collect();
         let fail_all = |acks: Vec<Ack>, msg: String| {
@@ -774,43 +859,158 @@ impl Writer {
         if let Err(e) = self.wal.write_all(&frame).and_then(|()| self.wal.sync_data()) {
             return Err(fail_all(acks, format!("cannot write the write-ahead log: {e}")));
         }
-        // Durable from here on: the receipts are true even if publishing tiles fails.
-        let published = self.publish(entries, &leaves);
-        if published.is_ok() {
-            self.shared.published.write().unwrap_or_else(PoisonError::into_inner).size = self.builder.size();
-        }
-        for (ack, receipt) in acks.into_iter().zip(receipts) {
-            ack.ok(receipt);
-        }
-        published
+        self.next += leaves.len() as u64;
+        Ok(Durable { entries, leaves, acks, receipts })
+    }
+}
+
+/// Marks the log failed, so every later submit is refused.
+fn fail_closed(shared: &Shared, msg: &str) {
+    tracing::error!(error = %msg, "transparency log failed; refusing all further entries");
+    shared.failed.store(true, Ordering::Release);
+}
+
+/// The publishing stage: owns the tree. It appends durable batches, writes the tiles they
+/// changed, makes them visible to readers and only then answers the batch, so a receipt's
+/// entry can be read and proved as soon as the receipt arrives. Batches that queued up while
+/// it worked are taken together, so each open tile is rewritten once for all of them.
+struct Publisher {
+    builder: Builder,
+    /// Full tiles, to the tile writer.
+    tiles: SyncSender<FullTiles>,
+    shared: Arc<Shared>,
+}
+
+impl Publisher {
+    fn run(
+        &mut self,
+        rx: &Receiver<Durable>,
+        checkpoints: &SyncSender<(u64, Hash)>,
+        interval: Duration,
+    ) -> Result<(), String> {
+        let mut next_checkpoint = Instant::now() + interval;
+        let mut pending: Vec<Durable> = Vec::new();
+        let result = loop {
+            match rx.recv_timeout(next_checkpoint.saturating_duration_since(Instant::now())) {
+                Ok(first) => {
+                    pending.push(first);
+                    pending.extend(rx.try_iter());
+                    if let Err(msg) = self.publish(&mut pending) {
+                        fail_closed(&self.shared, &msg);
+                        break Err(msg);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break Ok(()),
+            }
+            if Instant::now() >= next_checkpoint {
+                // A full queue means a checkpoint is being written; the next tick sends a newer one.
+                let _ = checkpoints.try_send((self.builder.size(), self.builder.root()));
+                next_checkpoint = Instant::now() + interval;
+            }
+        };
+        // The last checkpoint covers everything published, even after a tile write failed.
+        let _ = checkpoints.send((self.builder.size(), self.builder.root()));
+        // The open tiles go to disk too at a clean stop: evidence, at the next open, that
+        // the last frame was acknowledged (see the crate docs).
+        let partials = self.builder.take_partials().map_err(|e| format!("cannot build tiles: {e}"));
+        result.and(partials.and_then(|p| self.write(&p)))
     }
 
-    fn publish(&mut self, entries: Vec<Vec<u8>>, leaves: &[Hash]) -> Result<(), String> {
-        let mut tiles = self.builder.append(entries, leaves).map_err(|e| format!("cannot build tiles: {e}"))?;
-        tiles.extend(self.builder.take_partials().map_err(|e| format!("cannot build tiles: {e}"))?);
-        for (tile, data) in &tiles {
+    fn write(&self, tiles: &[(Tile, Vec<u8>)]) -> Result<(), String> {
+        for (tile, data) in tiles {
             self.shared.store.write(tile, data).map_err(|e| format!("cannot write tile `{tile}`: {e}"))?;
         }
         Ok(())
     }
 
-    /// Signs and durably writes a checkpoint if the tree changed since the last one.
-    /// Ed25519 signatures are deterministic, so re-signing an unchanged tree (at open) gives
-    /// the stored text again.
-    fn checkpoint(&mut self) -> Result<(), String> {
-        let size = self.builder.size();
+    fn publish(&mut self, batches: &mut Vec<Durable>) -> Result<(), String> {
+        let mut tiles = Vec::new();
+        let mut answers = Vec::with_capacity(batches.len());
+        let mut built = Ok(());
+        for d in batches.drain(..) {
+            if built.is_ok() {
+                built = self.builder.append(d.entries, &d.leaves).map(|full| tiles.extend(full));
+            }
+            answers.push((d.acks, d.receipts));
+        }
+        let written = built.map_err(|e| format!("cannot build tiles: {e}")).and_then(|()| {
+            if tiles.is_empty() {
+                return Ok(());
+            }
+            let tiles: FullTiles = tiles.into_iter().map(|(t, d)| (t, Arc::new(d))).collect();
+            self.shared.unwritten.lock().unwrap_or_else(PoisonError::into_inner).extend(tiles.iter().cloned());
+            self.tiles.send(tiles).map_err(|_| "the tile writer stopped".to_owned())
+        });
+        if written.is_ok() {
+            self.shared.published.write().unwrap_or_else(PoisonError::into_inner).open =
+                Arc::new(self.builder.open_tiles());
+        }
+        // The entries are durable in the write-ahead file: their receipts hold even if the
+        // tiles could not be written (they are rebuilt from it at the next open).
+        for (acks, receipts) in answers {
+            for (ack, receipt) in acks.into_iter().zip(receipts) {
+                ack.ok(receipt);
+            }
+        }
+        written
+    }
+}
+
+/// The tile stage: creates the files of full tiles, which on a busy filesystem costs more
+/// than everything else publishing does, then drops them from memory.
+fn write_tiles(shared: &Shared, rx: &Receiver<FullTiles>) -> Result<(), String> {
+    while let Ok(tiles) = rx.recv() {
+        for (tile, data) in &tiles {
+            if let Err(e) = shared.store.write(tile, data) {
+                let msg = format!("cannot write tile `{tile}`: {e}");
+                fail_closed(shared, &msg);
+                return Err(msg);
+            }
+            shared.unwritten.lock().unwrap_or_else(PoisonError::into_inner).remove(tile);
+        }
+    }
+    Ok(())
+}
+
+/// The checkpoint stage: signs the tree heads the publisher sends and writes each durably,
+/// off the path of appends, so its syncs never hold up a batch.
+struct Checkpointer {
+    signer: Ed25519Signer,
+    path: PathBuf,
+    /// Size of the last checkpoint written.
+    written: Option<u64>,
+    shared: Arc<Shared>,
+}
+
+impl Checkpointer {
+    fn run(&mut self, rx: &Receiver<(u64, Hash)>) -> Result<(), String> {
+        while let Ok(head) = rx.recv() {
+            let (size, root) = rx.try_iter().last().unwrap_or(head);
+            if let Err(msg) = self.checkpoint(size, root) {
+                fail_closed(&self.shared, &msg);
+                return Err(msg);
+            }
+        }
+        Ok(())
+    }
+
+    /// Signs and durably writes a checkpoint for the tree of `size` with `root`, unless that
+    /// is the one already written. Ed25519 signatures are deterministic, so re-signing an
+    /// unchanged tree (at open) gives the stored text again.
+    fn checkpoint(&mut self, size: u64, root: Hash) -> Result<(), String> {
         let have_text = !self.shared.published.read().unwrap_or_else(PoisonError::into_inner).checkpoint.is_empty();
-        if self.checkpointed == Some(size) && have_text {
+        if self.written == Some(size) && have_text {
             return Ok(());
         }
-        let text = Checkpoint::new(self.shared.origin.clone(), size, self.builder.root())
+        let text = Checkpoint::new(self.shared.origin.clone(), size, root)
             .sign(&self.signer)
             .map_err(|e| format!("cannot sign checkpoint: {e}"))?
             .to_string();
-        if self.checkpointed != Some(size) {
-            write_atomic(&self.checkpoint_path, text.as_bytes(), true)
-                .map_err(|e| format!("cannot write `{}`: {e}", self.checkpoint_path.display()))?;
-            self.checkpointed = Some(size);
+        if self.written != Some(size) {
+            write_atomic(&self.path, text.as_bytes(), true)
+                .map_err(|e| format!("cannot write `{}`: {e}", self.path.display()))?;
+            self.written = Some(size);
         }
         self.shared.published.write().unwrap_or_else(PoisonError::into_inner).checkpoint = text;
         Ok(())

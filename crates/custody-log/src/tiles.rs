@@ -5,9 +5,9 @@
 //! Every stored hash a batch adds either lands in one of those or completes a full tile, so
 //! tiles are produced without reading storage back.
 //!
-//! [`TileStore`] keeps tiles as files at their C2SP paths under `log/`, each written to a
-//! temporary name and renamed so a reader never sees half a tile. Tiles are not fsynced: they
-//! are derived from the write-ahead file and rebuilt or checked against it at every open.
+//! [`TileStore`] keeps full tiles as files at their C2SP paths under `log/`; [`OpenTiles`]
+//! keeps the open ones in memory. Tiles are not fsynced: they are derived from the
+//! write-ahead file and rebuilt or checked against it at every open.
 
 use std::fs;
 use std::io::{self, Write};
@@ -137,10 +137,61 @@ impl Builder {
         Ok((tile, encode_entry_bundle(entries.iter().map(Vec::as_slice))?))
     }
 
+    /// A copy of the open tiles, for readers.
+    pub(crate) fn open_tiles(&self) -> OpenTiles {
+        OpenTiles { size: self.size(), levels: self.levels.clone(), entries: self.entries.clone() }
+    }
+
     /// The number of hash tile levels with at least one hash.
     pub(crate) fn levels(&self) -> u8 {
         (0..=custody_tlog::tile::MAX_TILE_LEVEL).take_while(|&l| self.count(TileKind::Hashes { level: l }) > 0).count()
             as u8
+    }
+}
+
+/// The open (not yet full) tiles of the published tree, served from memory: writing a
+/// partial tile file for every batch made file creation the log's bottleneck (ext4 inode
+/// allocation dominated a profile at 4096 appends in flight), and partial tiles are derived
+/// data anyway. Full tiles are files; see [`TileStore`].
+#[derive(Debug, Default, Clone)]
+pub(crate) struct OpenTiles {
+    size: u64,
+    levels: Vec<Vec<Hash>>,
+    entries: Vec<Vec<u8>>,
+}
+
+impl OpenTiles {
+    /// The tree size these tiles belong to.
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Whether `tile` exists in the tree of this size (its items are all present).
+    pub(crate) fn covers(&self, tile: &Tile) -> bool {
+        let count = match tile.kind() {
+            TileKind::Entries => self.size,
+            TileKind::Hashes { level } => self.size.checked_shr(u32::from(level) * u32::from(TILE_HEIGHT)).unwrap_or(0),
+        };
+        tile.index()
+            .checked_mul(u64::from(TILE_WIDTH))
+            .and_then(|first| first.checked_add(u64::from(tile.width())))
+            .is_some_and(|end| end <= count)
+    }
+
+    /// The bytes of `tile` if it lies in one of the open tiles, `None` if it lies in a full
+    /// tile (read from the [`TileStore`]). The caller checks [`OpenTiles::covers`] first.
+    pub(crate) fn get(&self, tile: &Tile) -> Option<Result<Vec<u8>, custody_tlog::Error>> {
+        let width = usize::from(tile.width());
+        match tile.kind() {
+            TileKind::Hashes { level } => {
+                let count = self.size.checked_shr(u32::from(level) * u32::from(TILE_HEIGHT)).unwrap_or(0);
+                let open = self.levels.get(usize::from(level))?;
+                (tile.index() == count / u64::from(TILE_WIDTH))
+                    .then(|| Ok(open.get(..width).unwrap_or_default().iter().flat_map(|h| h.0).collect()))
+            }
+            TileKind::Entries => (tile.index() == self.size / u64::from(TILE_WIDTH))
+                .then(|| encode_entry_bundle(self.entries.get(..width).unwrap_or_default().iter().map(Vec::as_slice))),
+        }
     }
 }
 
@@ -194,15 +245,7 @@ impl TileStore {
             };
             let Ok(from) = from else { continue };
             let Some(data) = self.read_exact(&from)? else { continue };
-            let width = usize::from(tile.width());
-            return match tile.kind() {
-                TileKind::Hashes { .. } => Ok(data.get(..width * custody_tlog::HASH_SIZE).map(<[u8]>::to_vec)),
-                TileKind::Entries => {
-                    let entries = decode_entry_bundle(&data, w).map_err(io::Error::other)?;
-                    let prefix = entries.get(..width).unwrap_or_default();
-                    encode_entry_bundle(prefix.iter().copied()).map(Some).map_err(io::Error::other)
-                }
-            };
+            return cut(tile, &from, &data).map(Some);
         }
         Ok(None)
     }
@@ -227,11 +270,20 @@ impl TileStore {
         Ok(widths)
     }
 
-    /// Writes `data` as `tile` (atomically for readers, not durably); writing a full tile
-    /// removes the partial versions it supersedes.
+    /// Writes `data` as `tile`, neither atomically nor durably: readers reach a tile only
+    /// once the published size covers it, which happens after this returns, and a crash
+    /// mid-write leaves a prefix that the next open recognises and rewrites. No temporary
+    /// file and rename: file creation is the costliest part of publishing. Writing a full
+    /// tile removes the partial versions it supersedes.
     pub(crate) fn write(&self, tile: &Tile, data: &[u8]) -> io::Result<()> {
         let path = self.path(tile);
-        write_atomic(&path, data, false)?;
+        match fs::write(&path, data) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(path.parent().ok_or_else(|| io::Error::other("tile path has no parent"))?)?;
+                fs::write(&path, data)?;
+            }
+            other => other?,
+        }
         if tile.is_full() {
             match fs::remove_dir_all(self.partial_dir(tile)) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => {
@@ -254,6 +306,23 @@ impl TileReader for TileStore {
                 Err(e) => Err(custody_tlog::Error::ReadHashes(Box::new(e))),
             })
             .collect()
+    }
+}
+
+/// The bytes of `tile` cut from `data`, the bytes of `from`: a wider version of the same
+/// tile, whose prefix it is.
+pub(crate) fn cut(tile: &Tile, from: &Tile, data: &[u8]) -> io::Result<Vec<u8>> {
+    let width = usize::from(tile.width());
+    match tile.kind() {
+        TileKind::Hashes { .. } => data
+            .get(..width * custody_tlog::HASH_SIZE)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| io::Error::other(format!("tile `{from}` is shorter than its width"))),
+        TileKind::Entries => {
+            let entries = decode_entry_bundle(data, from.width()).map_err(io::Error::other)?;
+            let prefix = entries.get(..width).unwrap_or_default();
+            encode_entry_bundle(prefix.iter().copied()).map_err(io::Error::other)
+        }
     }
 }
 

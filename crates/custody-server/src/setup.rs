@@ -123,7 +123,7 @@ impl ServerConfig {
             max_body_bytes: 1 << 20,
             audit_max_batch: 4096,
             log_origin: "custody.local/us".into(),
-            log_max_delay: Duration::from_millis(1),
+            log_max_delay: Duration::ZERO,
             checkpoint_interval: Duration::from_secs(1),
         }
     }

@@ -17,7 +17,7 @@ pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:8750";
 pub(crate) const DEFAULT_JURISDICTION: &str = "US";
 pub(crate) const DEFAULT_MAX_BODY_BYTES: u64 = 1 << 20;
 pub(crate) const DEFAULT_AUDIT_MAX_BATCH: u64 = 4096;
-pub(crate) const DEFAULT_LOG_MAX_DELAY_MS: u64 = 1;
+pub(crate) const DEFAULT_LOG_MAX_DELAY_MS: u64 = 0;
 pub(crate) const DEFAULT_CHECKPOINT_INTERVAL_MS: u64 = 1000;
 
 /// Settings given on the command line or in the environment (already merged by clap).
@@ -50,7 +50,7 @@ pub(crate) struct SettingArgs {
     /// Transparency log origin, the first line of every checkpoint [default: custody.local/ followed by the jurisdiction in lowercase]
     #[arg(long, env = "CUSTODY_LOG_ORIGIN", global = true, value_name = "ORIGIN")]
     pub(crate) log_origin: Option<String>,
-    /// Longest a log batch waits for more entries, in milliseconds [default: 1]
+    /// Longest a log batch lingers for more entries once it took all queued, in ms [default: 0]
     #[arg(long, env = "CUSTODY_LOG_MAX_DELAY_MS", global = true, value_name = "MS")]
     pub(crate) log_max_delay_ms: Option<u64>,
     /// How often a new checkpoint is signed while the log grows, in milliseconds [default: 1000]
