@@ -93,6 +93,10 @@ pub enum AdminError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] VaultError),
+    /// The change could not be recorded in the transparency log. For an addition nothing was
+    /// stored; a revocation took effect anyway (revoking must not wait for the log).
+    #[error("{0}")]
+    Log(String),
 }
 
 impl From<IdError> for AdminError {
@@ -106,6 +110,13 @@ impl From<IdError> for AdminError {
 /// # Errors
 /// [`AdminError::Invalid`] for malformed attributes, [`AdminError::Exists`].
 pub fn add_principal(store: &dyn PrincipalStore, req: NewPrincipal) -> Result<Issued, AdminError> {
+    let (record, token) = new_principal(store, req)?;
+    store.put_principal(&record)?;
+    Ok(Issued { principal: PrincipalView::from(&record), token })
+}
+
+/// Validates `req` and builds its record and one-time token, storing nothing.
+fn new_principal(store: &dyn PrincipalStore, req: NewPrincipal) -> Result<(PrincipalRecord, String), AdminError> {
     let id = PrincipalId::new(req.id)?;
     let kind: PrincipalKind = req.kind.parse()?;
     let location = Jurisdiction::new(req.location)?;
@@ -130,8 +141,44 @@ pub fn add_principal(store: &dyn PrincipalStore, req: NewPrincipal) -> Result<Is
         revoked: false,
         version: 1,
     };
-    store.put_principal(&record)?;
-    Ok(Issued { principal: PrincipalView::from(&record), token })
+    Ok((record, token))
+}
+
+/// Registers a principal the way a running server does: the `added` entry is durable in the
+/// transparency log before the principal is stored, so no principal can act unrecorded.
+///
+/// # Errors
+/// As [`add_principal`]; [`AdminError::Log`] if the entry could not be made durable (nothing
+/// is stored then).
+pub async fn add_logged(s: &ServerState, req: NewPrincipal) -> Result<Issued, AdminError> {
+    let (record, token) = new_principal(s.auth.store().as_ref(), req)?;
+    let view = PrincipalView::from(&record);
+    s.guard
+        .log(&principal_event(s, "added", &view)?)
+        .await
+        .map_err(|e| AdminError::Log(format!("principal not added: {e}")))?;
+    s.auth.store().put_principal(&record)?;
+    tracing::info!(principal = %view.id, kind = %view.kind, "principal added");
+    Ok(Issued { principal: view, token })
+}
+
+/// Revokes a principal the way a running server does: at once (revocation must not wait for
+/// anything), then records the `revoked` entry.
+///
+/// # Errors
+/// As [`revoke_principal`]; [`AdminError::Log`] if the entry could not be made durable (the
+/// revocation stands).
+pub async fn revoke_logged(s: &ServerState, id: &str) -> Result<PrincipalView, AdminError> {
+    let view = revoke_principal(s.auth.store().as_ref(), id)?;
+    if let Ok(pid) = PrincipalId::new(&view.id) {
+        s.auth.invalidate(&pid);
+    }
+    s.guard
+        .log(&principal_event(s, "revoked", &view)?)
+        .await
+        .map_err(|e| AdminError::Log(format!("principal revoked, but the revocation was not logged: {e}")))?;
+    tracing::info!(principal = %view.id, "principal revoked");
+    Ok(view)
 }
 
 /// Revokes a principal; its next request is refused.
@@ -162,6 +209,9 @@ impl From<AdminError> for ApiError {
             AdminError::Exists(_) => ApiError::new(StatusCode::CONFLICT, "conflict", "Conflict", e.to_string()),
             AdminError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not-found", "Not found", e.to_string()),
             AdminError::Store(cause) => ApiError::internal(cause),
+            AdminError::Log(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "audit-unavailable", "Audit unavailable", e.to_string())
+            }
         }
     }
 }
@@ -205,23 +255,14 @@ async fn add(
     State(s): State<Arc<ServerState>>,
     ApiJson(req): ApiJson<NewPrincipal>,
 ) -> Result<(StatusCode, Json<Issued>), ApiError> {
-    let issued = add_principal(s.auth.store().as_ref(), req)?;
-    s.guard.log(&principal_event(&s, "added", &issued.principal)?).await?;
-    tracing::info!(principal = %issued.principal.id, kind = %issued.principal.kind, "principal added");
-    Ok((StatusCode::CREATED, Json(issued)))
+    Ok((StatusCode::CREATED, Json(add_logged(&s, req).await?)))
 }
 
 async fn revoke(
     State(s): State<Arc<ServerState>>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<PrincipalView>, ApiError> {
-    let view = revoke_principal(s.auth.store().as_ref(), &id)?;
-    if let Ok(pid) = PrincipalId::new(&view.id) {
-        s.auth.invalidate(&pid);
-    }
-    s.guard.log(&principal_event(&s, "revoked", &view)?).await?;
-    tracing::info!(principal = %view.id, "principal revoked");
-    Ok(Json(view))
+    Ok(Json(revoke_logged(&s, &id).await?))
 }
 
 async fn list(State(s): State<Arc<ServerState>>) -> Result<Json<Vec<PrincipalView>>, ApiError> {

@@ -343,3 +343,36 @@ fn bad_config_lists_every_problem() {
         assert!(err.contains(key), "{key} not in {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_principal_changes_are_logged_like_online_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(common::BIN).arg("--data-dir").arg(&data).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    // No server runs: the CLI opens the data dir itself.
+    cli(&["principal", "add", "--id", "ops-1", "--kind", "engineer", "--location", "US"]);
+    cli(&["principal", "revoke", "ops-1"]);
+    let s = Server::start_in(dir, &["--checkpoint-interval-ms", "100"]);
+    let c = cast(&s);
+    let key = c.monitor.log_key().await.unwrap();
+    let cp = custody_verify::verify_checkpoint(&c.monitor.checkpoint().await.unwrap(), &key).unwrap();
+    let http = reqwest::Client::new();
+    let url = format!("{}/log/tile/entries/000.p/{}", s.base, cp.size.min(256));
+    let bytes = http.get(url).send().await.unwrap().bytes().await.unwrap();
+    let entries = custody_tlog::tile::decode_entry_bundle(&bytes, cp.size.min(256) as u16).unwrap();
+    let docs: Vec<Value> = entries.iter().map(|e| serde_json::from_slice(e).unwrap()).collect();
+    let changes: Vec<&str> = docs
+        .iter()
+        .filter(|d| d["kind"] == "principal" && d["principal"] == "ops-1")
+        .map(|d| d["change"].as_str().unwrap())
+        .collect();
+    assert_eq!(changes, ["added", "revoked"]);
+    // The keys the CLI created are logged once, before the principal that depends on them.
+    let kek: Vec<usize> = (0..docs.len()).filter(|&i| docs[i]["kind"] == "key" && docs[i]["key"] == "kek").collect();
+    let added = docs.iter().position(|d| d["principal"] == "ops-1").unwrap();
+    assert_eq!(kek.len(), 1, "{docs:?}");
+    assert!(kek[0] < added);
+}

@@ -1,8 +1,9 @@
 //! `custody bench`: guarded vs unguarded reads over loopback HTTP, side by side in one run.
 //!
-//! It starts a real custody API on an ephemeral loopback port over a fresh temporary data dir,
-//! plus a baseline endpoint that reads the same records from the same vault with no policy
-//! decision and no audit event. Then it drives both with the same number of concurrent
+//! It starts two real custody APIs on ephemeral loopback ports over fresh temporary data dirs,
+//! one recording to the transparency log (as `custody serve` does) and one to the foundation's
+//! file audit sink, plus a baseline endpoint that reads the same records from the same vault with no policy
+//! decision and no audit event. Then it drives all three with the same number of concurrent
 //! clients, alternating rounds so machine noise hits both alike, and prints req/s, p50, p99.
 
 use std::sync::Arc;
@@ -15,9 +16,10 @@ use axum::{Json, Router};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+use custody_audit::{FileAuditSink, FileSinkOptions};
 use custody_core::{CollectionName, RecordId};
 use custody_server::admin::{NewPrincipal, add_principal};
-use custody_server::{ServerConfig, ServerState};
+use custody_server::{DataDir, ServerConfig, ServerState};
 
 use crate::Format;
 use crate::config::Settings;
@@ -87,120 +89,141 @@ pub(crate) fn run(settings: &Settings, format: Format, args: BenchArgs) -> anyho
     rt.block_on(bench(settings, format, args))
 }
 
-async fn bench(settings: &Settings, format: Format, args: BenchArgs) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let mut cfg = ServerConfig::for_data_dir(dir.path().join("data"));
+/// A running custody API with its two principals' tokens.
+struct Running {
+    state: Arc<ServerState>,
+    addr: std::net::SocketAddr,
+    app: String,
+    engineer: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// Opens a data dir under `dir` with the transparency log, or with the foundation's file
+/// sink when `file_sink`, registers a workload and an engineer, and serves it on loopback.
+async fn start(settings: &Settings, dir: &std::path::Path, file_sink: bool) -> anyhow::Result<Running> {
+    let mut cfg = ServerConfig::for_data_dir(dir);
     cfg.jurisdiction = settings.server.jurisdiction.clone();
-    let state = ServerState::open(cfg)?;
+    let state = if file_sink {
+        let dirs = DataDir::prepare(&cfg)?;
+        let sink = FileAuditSink::open(&dirs.events, FileSinkOptions::default())?;
+        ServerState::open_with_sink(cfg, dirs, Arc::new(sink))?
+    } else {
+        ServerState::open(cfg)?
+    };
     let store = state.auth.store().clone();
     let loc = settings.server.jurisdiction.to_string();
-    let app = add_principal(
-        store.as_ref(),
-        NewPrincipal {
-            id: "bench-app".into(),
-            kind: "workload".into(),
-            location: loc.clone(),
-            employer: "platform".into(),
-            roles: vec!["app-backend".into()],
-            subject: None,
-            tags: Default::default(),
-        },
-    )?;
-    let eng = add_principal(
-        store.as_ref(),
-        NewPrincipal {
-            id: "bench-engineer".into(),
-            kind: "engineer".into(),
-            location: loc,
-            employer: "provider".into(),
-            roles: vec!["support".into()],
-            subject: None,
-            tags: Default::default(),
-        },
-    )?;
-
+    let principal = |id: &str, kind: &str, employer: &str, role: &str| NewPrincipal {
+        id: id.into(),
+        kind: kind.into(),
+        location: loc.clone(),
+        employer: employer.into(),
+        roles: vec![role.into()],
+        subject: None,
+        tags: Default::default(),
+    };
+    let app = add_principal(store.as_ref(), principal("bench-app", "workload", "platform", "app-backend"))?;
+    let eng = add_principal(store.as_ref(), principal("bench-engineer", "engineer", "provider", "support"))?;
     let api = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let api_addr = api.local_addr()?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let addr = api.local_addr()?;
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(custody_server::setup::serve(state.clone(), api, async {
         let _ = stop_rx.await;
     }));
+    Ok(Running { state, addr, app: app.token, engineer: eng.token, stop, server })
+}
+
+async fn bench(settings: &Settings, format: Format, args: BenchArgs) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let log = start(settings, &dir.path().join("log"), false).await?;
+    let file = start(settings, &dir.path().join("file"), true).await?;
     let base_l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base_addr = base_l.local_addr()?;
-    let baseline = Router::new().route("/profiles/{id}", get(unguarded)).with_state(state.clone());
+    let baseline = Router::new().route("/profiles/{id}", get(unguarded)).with_state(log.state.clone());
     let base_server = tokio::spawn(async move { axum::serve(base_l, baseline).await });
 
-    let seeder = custody_client::Client::new(format!("http://{api_addr}"), app.token)?;
-    let bar = ProgressBar::new(args.records as u64)
+    let bar = ProgressBar::new(2 * args.records as u64)
         .with_style(ProgressStyle::with_template("seeding {bar:40} {pos}/{len} profiles {per_sec}")?);
-    for n in 0..args.records {
-        seeder
-            .create("profiles", Some(&format!("p{n}")), &format!("subject-{n}"), profile(n))
-            .await
-            .context("seeding")?;
-        bar.inc(1);
+    for server in [&log, &file] {
+        let seeder = custody_client::Client::new(format!("http://{}", server.addr), server.app.clone())?;
+        for n in 0..args.records {
+            seeder
+                .create("profiles", Some(&format!("p{n}")), &format!("subject-{n}"), profile(n))
+                .await
+                .context("seeding")?;
+            bar.inc(1);
+        }
     }
     bar.finish_and_clear();
 
     let http = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency * 2).build()?;
     let mut results = Vec::new();
     for round in 0..args.rounds {
-        for target in ["unguarded", "guarded"] {
-            let url = match target {
-                "guarded" => format!("http://{api_addr}/v1/collections/profiles/records/"),
-                _ => format!("http://{base_addr}/profiles/"),
+        for target in [UNGUARDED, GUARDED_FILE, GUARDED_LOG] {
+            let (url, token) = match target {
+                GUARDED_LOG => (format!("http://{}/v1/collections/profiles/records/", log.addr), &log.engineer),
+                GUARDED_FILE => (format!("http://{}/v1/collections/profiles/records/", file.addr), &file.engineer),
+                _ => (format!("http://{base_addr}/profiles/"), &log.engineer),
             };
             let spinner = ProgressBar::new_spinner().with_message(format!("round {} {target}", round + 1));
             spinner.enable_steady_tick(Duration::from_millis(200));
-            let f = drive(
-                &http,
-                &url,
-                &eng.token,
-                target,
-                args.concurrency,
-                Duration::from_secs(args.seconds),
-                args.records,
-            )
-            .await;
+            let f =
+                drive(&http, &url, token, target, args.concurrency, Duration::from_secs(args.seconds), args.records)
+                    .await;
             spinner.finish_and_clear();
             results.push(f);
         }
     }
-    let _ = stop_tx.send(());
-    let _ = server.await;
+    for server in [log, file] {
+        let _ = server.stop.send(());
+        let _ = server.server.await;
+    }
     base_server.abort();
 
     let best = |t: &str| results.iter().filter(|f| f.target == t).map(|f| f.req_per_s).fold(0.0, f64::max);
-    let ratio = best("guarded") / best("unguarded").max(1.0);
+    let guarded = best(GUARDED_LOG) / best(UNGUARDED).max(1.0);
+    let log_cost = 1.0 - best(GUARDED_LOG) / best(GUARDED_FILE).max(1.0);
     match format {
         Format::Json => println!(
             "{}",
             json!({
                 "concurrency": args.concurrency, "seconds": args.seconds, "records": args.records,
                 "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-                "rounds": results, "guarded_over_unguarded_throughput": ratio,
+                "rounds": results, "guarded_over_unguarded_throughput": guarded,
+                "log_cost_vs_file_sink": log_cost,
             })
         ),
         Format::Human => {
             println!(
-                "guarded vs unguarded reads over loopback HTTP: {} clients, {} s rounds, {} profiles (~1 KB, 3 protected fields)",
+                "reads over loopback HTTP: {} clients, {} s rounds, {} profiles (~1 KB, 3 protected fields)",
                 args.concurrency, args.seconds, args.records
             );
             println!(
-                "{:<10} {:>9} {:>7} {:>10} {:>9} {:>9}",
+                "{:<14} {:>9} {:>7} {:>10} {:>9} {:>9}",
                 "target", "requests", "errors", "req/s", "p50 µs", "p99 µs"
             );
             for f in &results {
                 println!(
-                    "{:<10} {:>9} {:>7} {:>10.0} {:>9} {:>9}",
+                    "{:<14} {:>9} {:>7} {:>10.0} {:>9} {:>9}",
                     f.target, f.requests, f.errors, f.req_per_s, f.p50_us, f.p99_us
                 );
             }
-            println!("guarded throughput is {:.2}x unguarded (best rounds)", ratio);
+            println!("guarded (transparency log) throughput is {guarded:.2}x unguarded (best rounds)");
+            println!(
+                "the transparency log costs {:.1}% of guarded-read throughput vs the file audit sink (best rounds)",
+                log_cost * 100.0
+            );
         }
     }
     Ok(())
 }
+
+/// Reads with no policy decision and no audit event (the same vault as [`GUARDED_LOG`]).
+const UNGUARDED: &str = "unguarded";
+/// Guarded reads whose events go to the foundation's file audit sink.
+const GUARDED_FILE: &str = "guarded-file";
+/// Guarded reads whose events go to the transparency log (what `custody serve` runs).
+const GUARDED_LOG: &str = "guarded-log";
 
 async fn drive(
     http: &reqwest::Client,

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use clap::Subcommand;
-use custody_server::DataDir;
 use custody_server::admin::{self, AdminError, NewPrincipal};
+use custody_server::{DataDir, ServerState};
 use custody_vault::RedbStore;
 
 use crate::Format;
@@ -59,6 +59,15 @@ fn admin_fail(e: AdminError) -> anyhow::Error {
     }
 }
 
+/// Opens the data dir as the server would when none is running, so an offline change is
+/// recorded in the transparency log (with the key and policy-set entries a fresh data dir
+/// owes) exactly as an online one is.
+fn offline(settings: &Settings, rt: &tokio::runtime::Runtime) -> anyhow::Result<std::sync::Arc<ServerState>> {
+    let state = ServerState::open(settings.server.clone()).map_err(|e| fail(Exit::Error, e.to_string()))?;
+    rt.block_on(state.announce()).map_err(|e| fail(Exit::Error, format!("cannot record in the log: {e}")))?;
+    Ok(state)
+}
+
 fn answer(a: admin_client::Answer) -> anyhow::Result<serde_json::Value> {
     if (200..300).contains(&a.status) {
         return Ok(a.body);
@@ -95,8 +104,8 @@ pub(crate) fn run(settings: &Settings, format: Format, cmd: PrincipalCmd) -> any
                     Some(serde_json::to_value(&req)?),
                 ))?)?
             } else {
-                let store = RedbStore::open(&dirs.root, &dirs.keys)?;
-                serde_json::to_value(admin::add_principal(&store, req).map_err(admin_fail)?)?
+                let state = offline(settings, &rt)?;
+                serde_json::to_value(rt.block_on(admin::add_logged(&state, req)).map_err(admin_fail)?)?
             }
         }
         PrincipalCmd::Revoke { id } => {
@@ -108,8 +117,8 @@ pub(crate) fn run(settings: &Settings, format: Format, cmd: PrincipalCmd) -> any
                     None,
                 ))?)?
             } else {
-                let store = RedbStore::open(&dirs.root, &dirs.keys)?;
-                serde_json::to_value(admin::revoke_principal(&store, &id).map_err(admin_fail)?)?
+                let state = offline(settings, &rt)?;
+                serde_json::to_value(rt.block_on(admin::revoke_logged(&state, &id)).map_err(admin_fail)?)?
             }
         }
         PrincipalCmd::List => {

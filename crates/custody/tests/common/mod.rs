@@ -39,7 +39,11 @@ impl Server {
 
     /// Starts `custody serve` with extra global flags (e.g. `--checkpoint-interval-ms 100`).
     pub(crate) fn start_with(flags: &[&str]) -> Server {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), flags)
+    }
+
+    /// Starts `custody serve` on `dir`/data, which may already hold a data dir.
+    pub(crate) fn start_in(dir: tempfile::TempDir, flags: &[&str]) -> Server {
         let port = free_port();
         let child = Command::new(BIN)
             .arg("--data-dir")
