@@ -11,7 +11,8 @@
 //!
 //! ## On disk
 //!
-//! Everything lives in `<data dir>/log/`:
+//! Storage is behind [`LogStorage`] (frames, tiles, checkpoint; the PostgreSQL backend
+//! implements it too). [`FileStorage`], the default, keeps everything in `<data dir>/log/`:
 //!
 //! ```text
 //! entries.wal                 the write-ahead file: one checked frame per batch (the truth)
@@ -27,23 +28,24 @@
 //!
 //! ## Group commit
 //!
-//! Four threads form a pipeline, so no stage waits for another's I/O:
+//! Three threads share the work, so appends never wait for file creation or checkpoint syncs:
 //!
-//! 1. The **writer** owns `entries.wal`. It blocks for the first queued entry, takes every
-//!    entry already queued (up to [`LogConfig::max_batch`]), lingers up to
+//! 1. The **writer** owns the write-ahead frames and the tree. It blocks for the first queued
+//!    entry, takes every entry already queued (up to [`LogConfig::max_batch`]), lingers up to
 //!    [`LogConfig::max_delay`] for more if that is set, signs the batch once
 //!    ([`custody_tlog::sign_batch`]: one Ed25519 signature over the batch root, each entry's
 //!    receipt carries its path inside the batch), writes it as one frame in one `write` and
 //!    calls `fdatasync` once. Entries that arrive during a sync form the next batch, so batches
 //!    grow with load on their own and the default delay is zero.
-//! 2. The **publisher** owns the tree. It appends each synced batch, writes the tiles it
-//!    changed (batches that queued up meanwhile are taken together, so an open tile is
-//!    rewritten once for all of them), makes the new size visible to readers and only then
-//!    answers each entry with its receipt, so a receipt's entry can be proved at once.
-//! 3. The **tile writer** creates the files of the full tiles the publisher hands it (on a
+//! 2. Still on the writer, **publishing** is in memory: the batch joins the tree, the open
+//!    tiles are snapshotted for readers and the tiles it filled are handed on, the new size
+//!    becomes visible, and only then is each entry answered with its receipt, so a receipt's
+//!    entry can be read and proved at once. (A separate publishing thread was tried: the
+//!    extra hand-off cost more latency than it saved on a 2-core machine.)
+//! 3. The **tile writer** creates the files of the full tiles the writer hands it (on a
 //!    busy filesystem, inode allocation costs more than the rest of publishing); until a file
 //!    exists, readers get the tile from memory.
-//! 4. The **checkpointer** signs the tree head the publisher sends every
+//! 4. The **checkpointer** signs the tree head the writer sends every
 //!    [`LogConfig::checkpoint_interval`] (and at [`Log::close`]) and writes it durably
 //!    (temporary file, fsync, rename, directory fsync), off the path of appends.
 //!
@@ -74,12 +76,13 @@
 //! If a write or sync fails, the log fails closed for good: the batch in flight and every
 //! later submit fail, and an operator must look at the disk.
 
+mod storage;
 mod tiles;
 mod wal;
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -94,7 +97,9 @@ use custody_tlog::tile::{MAX_ENTRY_SIZE, TILE_WIDTH, TileHashReader, TileReader}
 use custody_tlog::{Checkpoint, Ed25519Signer, Ed25519Verifier, Hash, Receipt, Tile, TileKind, leaf_hash, sign_batch};
 use tokio::sync::oneshot;
 
-use crate::tiles::{Builder, OpenTiles, TileStore, write_atomic};
+use crate::tiles::{Builder, OpenTiles};
+
+pub use crate::storage::{FileStorage, Item, LogStorage};
 
 /// Where the log lives and how it batches.
 #[derive(Debug, Clone)]
@@ -298,7 +303,7 @@ struct Published {
 struct Shared {
     failed: AtomicBool,
     published: RwLock<Published>,
-    store: TileStore,
+    store: Arc<dyn LogStorage>,
     /// Full tiles published but not yet in the store: the tile writer creates their files
     /// off the path of acknowledgements, and readers take them from here meanwhile.
     unwritten: Mutex<HashMap<Tile, Arc<Vec<u8>>>>,
@@ -308,7 +313,7 @@ struct Shared {
 
 /// The published tree as readers see it: open tiles from memory, full ones from the store.
 struct View<'a> {
-    store: &'a TileStore,
+    store: &'a dyn LogStorage,
     unwritten: &'a Mutex<HashMap<Tile, Arc<Vec<u8>>>>,
     open: Arc<OpenTiles>,
 }
@@ -324,11 +329,11 @@ impl View<'_> {
         }
         let full = tile.full();
         let unwritten = self.unwritten.lock().unwrap_or_else(PoisonError::into_inner).get(&full).cloned();
-        let path = || self.store.path(tile);
+        let path = || self.store.location(Item::Tile(tile));
         match unwritten {
             Some(data) if tile.is_full() => Ok(Some(data.to_vec())),
             Some(data) => tiles::cut(tile, &full, &data).map(Some).map_err(|e| io_err("read", &path())(e)),
-            None => self.store.read(tile).map_err(|e| io_err("read", &path())(e)),
+            None => storage::read_or_cut(self.store, tile).map_err(|e| io_err("read", &path())(e)),
         }
     }
 }
@@ -350,7 +355,7 @@ impl TileReader for View<'_> {
 #[derive(Debug)]
 pub struct Log {
     tx: Option<SyncSender<Job>>,
-    /// The writer, publisher, tile and checkpoint threads, in the order they stop.
+    /// The writer, tile and checkpoint threads, in the order they stop.
     threads: Vec<JoinHandle<Result<(), String>>>,
     shared: Arc<Shared>,
 }
@@ -368,9 +373,21 @@ impl Log {
         let dir = cfg.dir.join("log");
         fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         sync_dir(&cfg.dir)?;
+        let storage = FileStorage::open(&dir).map_err(io_err("open", &dir))?;
+        Self::open_with(cfg, Arc::new(storage))
+    }
+
+    /// Opens the log on another [`LogStorage`] (the PostgreSQL backend). The signing key
+    /// stays a file under `<cfg.dir>/log/`: it is a secret, not log data.
+    ///
+    /// # Errors
+    /// As [`Log::open`].
+    pub fn open_with(cfg: LogConfig, store: Arc<dyn LogStorage>) -> Result<Log, LogError> {
+        cfg.validate()?;
+        let dir = cfg.dir.join("log");
+        fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         let signer = load_or_create_key(&dir.join("key"), &cfg.origin)?;
-        let store = TileStore::new(&dir);
-        let recovered = recover(&dir, &store, &signer, &cfg.origin)?;
+        let recovered = recover(store.as_ref(), &signer, &cfg.origin)?;
         let shared = Arc::new(Shared {
             failed: AtomicBool::new(false),
             published: RwLock::new(Published {
@@ -382,33 +399,24 @@ impl Log {
             verifier: signer.verifier(),
             origin: cfg.origin.clone(),
         });
-        let mut checkpointer = Checkpointer {
-            signer: signer.clone(),
-            path: dir.join("checkpoint"),
-            written: recovered.checkpoint,
-            shared: shared.clone(),
-        };
+        let mut checkpointer =
+            Checkpointer { signer: signer.clone(), written: recovered.checkpoint, shared: shared.clone() };
         checkpointer.checkpoint(recovered.builder.size(), recovered.builder.root()).map_err(LogError::Failed)?;
-        let mut writer = Writer { wal: recovered.wal, next: recovered.builder.size(), signer, shared: shared.clone() };
+        let mut writer = Writer { next: recovered.builder.size(), signer, shared: shared.clone() };
         // Past this many batches of full tiles waiting for their files, the publisher waits.
         let (tiles_tx, tiles_rx) = mpsc::sync_channel::<FullTiles>(64);
         let mut publisher = Publisher { builder: recovered.builder, tiles: tiles_tx, shared: shared.clone() };
         let (tx, rx) = mpsc::sync_channel::<Job>(cfg.queue);
-        // A few batches may wait for the publisher; past that the writer waits, which keeps
-        // memory bounded when tiles are written slower than entries are synced.
-        let (durable_tx, durable_rx) = mpsc::sync_channel::<Durable>(16);
         let (head_tx, head_rx) = mpsc::sync_channel::<(u64, Hash)>(1);
         let spawn = |name: &str, f: Box<dyn FnOnce() -> Result<(), String> + Send>| {
             thread::Builder::new().name(name.into()).spawn(f).map_err(io_err("start a thread for", &dir))
         };
-        let interval = cfg.checkpoint_interval;
         let checkpoints = spawn("custody-log-checkpoint", Box::new(move || checkpointer.run(&head_rx)))?;
         let tile_shared = shared.clone();
         let tiles = spawn("custody-log-tiles", Box::new(move || write_tiles(&tile_shared, &tiles_rx)))?;
-        let publish = spawn("custody-log-publish", Box::new(move || publisher.run(&durable_rx, &head_tx, interval)))?;
-        let (max_batch, max_delay) = (cfg.max_batch, cfg.max_delay);
-        let write = spawn("custody-log-writer", Box::new(move || writer.run(&rx, &durable_tx, max_batch, max_delay)))?;
-        Ok(Log { tx: Some(tx), threads: vec![write, publish, tiles, checkpoints], shared })
+        let timing = (cfg.max_batch, cfg.max_delay, cfg.checkpoint_interval);
+        let write = spawn("custody-log-writer", Box::new(move || writer.run(&rx, &mut publisher, &head_tx, timing)))?;
+        Ok(Log { tx: Some(tx), threads: vec![write, tiles, checkpoints], shared })
     }
 
     /// Queues `entry`; the returned [`LogPending`] resolves with its receipt once durable.
@@ -472,7 +480,8 @@ impl Log {
     /// [`LogError::BadPath`] for a path that is not canonical; [`LogError::Io`].
     pub fn read_tile(&self, path: &str) -> Result<Option<Vec<u8>>, LogError> {
         let tile = Tile::parse_path(path).map_err(LogError::BadPath)?;
-        let view = View { store: &self.shared.store, unwritten: &self.shared.unwritten, open: self.open_tiles() };
+        let view =
+            View { store: self.shared.store.as_ref(), unwritten: &self.shared.unwritten, open: self.open_tiles() };
         view.read(&tile)
     }
 
@@ -511,7 +520,8 @@ impl Log {
         size: u64,
         f: impl FnOnce(&TileHashReader<'_, View<'_>>) -> Result<T, custody_tlog::Error>,
     ) -> Result<T, LogError> {
-        let view = View { store: &self.shared.store, unwritten: &self.shared.unwritten, open: self.open_tiles() };
+        let view =
+            View { store: self.shared.store.as_ref(), unwritten: &self.shared.unwritten, open: self.open_tiles() };
         let published = view.open.size();
         if size > published {
             return Err(LogError::SizeOutOfRange { size, published });
@@ -613,34 +623,28 @@ fn load_or_create_key(path: &Path, origin: &str) -> Result<Ed25519Signer, LogErr
 
 /// The state recovered at open.
 struct Recovered {
-    wal: File,
     builder: Builder,
     /// The size of the stored checkpoint, if there is a valid one.
     checkpoint: Option<u64>,
 }
 
-/// Replays `entries.wal`, checks every tile, bundle and the checkpoint against it, cuts a
-/// torn tail, and writes missing tiles. See the crate docs for the argument.
-fn recover(dir: &Path, store: &TileStore, signer: &Ed25519Signer, origin: &str) -> Result<Recovered, LogError> {
-    let wal_path = dir.join("entries.wal");
-    let mut wal =
-        OpenOptions::new().create(true).read(true).append(true).open(&wal_path).map_err(io_err("open", &wal_path))?;
-    sync_dir(dir)?;
-
-    let checkpoint_path = dir.join("checkpoint");
-    let stored = match fs::read(&checkpoint_path) {
-        Ok(bytes) => {
+/// Replays the write-ahead frames, checks every tile, bundle and the checkpoint against them,
+/// cuts a torn tail, and writes missing tiles. See the crate docs for the argument.
+fn recover(store: &dyn LogStorage, signer: &Ed25519Signer, origin: &str) -> Result<Recovered, LogError> {
+    let wal_path = store.location(Item::Frames);
+    let checkpoint_path = store.location(Item::Checkpoint);
+    let stored = match store.read_checkpoint().map_err(io_err("read", &checkpoint_path))? {
+        Some(bytes) => {
             let (c, _) = Checkpoint::open(&bytes, origin, &[&signer.verifier()])
                 .map_err(|e| LogError::Tampered { path: checkpoint_path.clone(), detail: e.to_string() })?;
             Some(c)
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => return Err(io_err("read", &checkpoint_path)(e)),
+        None => None,
     };
     let mut checkpoint_root = stored.as_ref().filter(|c| c.size == 0).map(|_| Hash::EMPTY_ROOT);
 
     let mut builder = Builder::default();
-    let mut reader = BufReader::with_capacity(1 << 20, wal.try_clone().map_err(io_err("open", &wal_path))?);
+    let mut reader = store.read_frames(0).map_err(io_err("read", &wal_path))?;
     let mut offset = 0u64;
     let torn = loop {
         match wal::read_frame(&mut reader, Some(builder.size())).map_err(io_err("read", &wal_path))? {
@@ -664,9 +668,7 @@ fn recover(dir: &Path, store: &TileStore, signer: &Ed25519Signer, origin: &str) 
 
     if let Some(why) = torn {
         let mut tail = Vec::new();
-        wal.seek(SeekFrom::Start(offset))
-            .and_then(|_| wal.read_to_end(&mut tail))
-            .map_err(io_err("read", &wal_path))?;
+        store.read_frames(offset).and_then(|mut r| r.read_to_end(&mut tail)).map_err(io_err("read", &wal_path))?;
         if let Some(at) = wal::valid_frame_after(&tail) {
             return Err(LogError::Corrupt {
                 path: wal_path,
@@ -693,42 +695,38 @@ fn recover(dir: &Path, store: &TileStore, signer: &Ed25519Signer, origin: &str) 
     }
 
     if let Some(why) = torn {
-        let len = wal.metadata().map_err(io_err("stat", &wal_path))?.len();
+        let len = store.frames_len().map_err(io_err("stat", &wal_path))?;
         tracing::warn!(path = %wal_path.display(), offset, cut = len - offset, why, "cutting torn tail of the write-ahead log");
-        wal.set_len(offset).and_then(|()| wal.sync_all()).map_err(io_err("truncate", &wal_path))?;
+        store.truncate_frames(offset).map_err(io_err("truncate", &wal_path))?;
     }
     // Open tiles are served from memory; they are written only at a clean stop.
     builder.take_partials()?;
-    wal.seek(SeekFrom::End(0)).map_err(io_err("seek", &wal_path))?;
-    Ok(Recovered { wal, builder, checkpoint: stored.map(|c| c.size) })
+    Ok(Recovered { builder, checkpoint: stored.map(|c| c.size) })
 }
 
 /// Compares a stored tile with what the log implies, writing it if missing.
-fn check_or_write(store: &TileStore, tile: &Tile, data: &[u8]) -> Result<(), LogError> {
-    let path = store.path(tile);
-    match store.read_exact(tile).map_err(io_err("read", &path))? {
+fn check_or_write(store: &dyn LogStorage, tile: &Tile, data: &[u8]) -> Result<(), LogError> {
+    let path = store.location(Item::Tile(tile));
+    match store.read_tile(tile).map_err(io_err("read", &path))? {
         Some(stored) if stored == data => {}
         // Tiles are written in place after their frame synced; a crash mid-write leaves a prefix.
         Some(stored) if stored.len() < data.len() && data.starts_with(&stored) => {
             tracing::warn!(path = %path.display(), "rewriting a tile cut short by a crash");
-            store.write(tile, data).map_err(io_err("write", &path))?;
+            store.write_tile(tile, data).map_err(io_err("write", &path))?;
         }
         Some(_) => return Err(LogError::Tampered { path, detail: "content differs from the entries".into() }),
-        None => store.write(tile, data).map_err(io_err("write", &path))?,
+        None => store.write_tile(tile, data).map_err(io_err("write", &path))?,
     }
     if tile.is_full() {
         // A crash between writing a full tile and removing its partials leaves them behind.
-        let partials = store.partial_dir(tile);
-        if partials.exists() {
-            fs::remove_dir_all(&partials).map_err(io_err("remove", &partials))?;
-        }
+        store.remove_partials(tile).map_err(io_err("remove", &store.location(Item::Partials(tile))))?;
     }
     Ok(())
 }
 
 /// Checks the partial versions of each level's rightmost tile against the log, and that no
 /// tile or bundle lies beyond the log (evidence that an acknowledged frame was lost).
-fn check_open_tiles(store: &TileStore, builder: &Builder) -> Result<(), LogError> {
+fn check_open_tiles(store: &dyn LogStorage, builder: &Builder) -> Result<(), LogError> {
     let kinds = (0..=builder.levels()).map(|level| TileKind::Hashes { level }).chain([TileKind::Entries]);
     for kind in kinds {
         let count = builder.count(kind);
@@ -740,9 +738,10 @@ fn check_open_tiles(store: &TileStore, builder: &Builder) -> Result<(), LogError
         let full = tile(index, TILE_WIDTH).map_err(custody_tlog::Error::from)?;
         let next = tile(index + 1, TILE_WIDTH).map_err(custody_tlog::Error::from)?;
         for beyond in [full, next] {
-            let path = store.path(&beyond);
+            let path = store.location(Item::Tile(&beyond));
             let partials = store.partial_widths(&beyond).map_err(io_err("read", &path))?;
-            let exists = path.exists() || (beyond == next && !partials.is_empty());
+            let exists = store.read_tile(&beyond).map_err(io_err("read", &path))?.is_some()
+                || (beyond == next && !partials.is_empty());
             if exists {
                 return Err(LogError::Tampered {
                     path,
@@ -750,9 +749,10 @@ fn check_open_tiles(store: &TileStore, builder: &Builder) -> Result<(), LogError
                 });
             }
         }
-        for w in store.partial_widths(&full).map_err(io_err("read", &store.partial_dir(&full)))? {
+        let widths = store.partial_widths(&full).map_err(io_err("read", &store.location(Item::Partials(&full))))?;
+        for w in widths {
             let partial = tile(index, w).map_err(custody_tlog::Error::from)?;
-            let path = store.path(&partial);
+            let path = store.location(Item::Tile(&partial));
             if u64::from(w) > width {
                 return Err(LogError::Tampered {
                     path,
@@ -781,7 +781,6 @@ struct Durable {
 /// it as one frame and syncs it, then hands it on; while the publisher writes tiles and
 /// answers one batch, the next is already being written and synced.
 struct Writer {
-    wal: File,
     /// Index of the next entry.
     next: u64,
     signer: Ed25519Signer,
@@ -795,38 +794,50 @@ impl Writer {
     fn run(
         &mut self,
         rx: &Receiver<Job>,
-        out: &SyncSender<Durable>,
-        max_batch: usize,
-        max_delay: Duration,
+        publisher: &mut Publisher,
+        checkpoints: &SyncSender<(u64, Hash)>,
+        cfg: (usize, Duration, Duration),
     ) -> Result<(), String> {
+        let (max_batch, max_delay, interval) = cfg;
         let mut jobs: Vec<Job> = Vec::with_capacity(max_batch.min(65_536));
-        while let Ok(first) = rx.recv() {
-            jobs.push(first);
-            jobs.extend(rx.try_iter().take(max_batch.saturating_sub(1)));
-            if !max_delay.is_zero() {
-                let deadline = Instant::now() + max_delay;
-                while jobs.len() < max_batch {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        break;
+        let mut next_checkpoint = Instant::now() + interval;
+        let mut batch = Vec::with_capacity(1);
+        let result = loop {
+            match rx.recv_timeout(next_checkpoint.saturating_duration_since(Instant::now())) {
+                Ok(first) => {
+                    jobs.push(first);
+                    jobs.extend(rx.try_iter().take(max_batch.saturating_sub(1)));
+                    if !max_delay.is_zero() {
+                        let deadline = Instant::now() + max_delay;
+                        while jobs.len() < max_batch {
+                            let now = Instant::now();
+                            if now >= deadline {
+                                break;
+                            }
+                            match rx.recv_timeout(deadline - now) {
+                                Ok(job) => jobs.push(job),
+                                Err(_) => break,
+                            }
+                        }
                     }
-                    match rx.recv_timeout(deadline - now) {
-                        Ok(job) => jobs.push(job),
-                        Err(_) => break,
+                    match self.commit(&mut jobs) {
+                        Ok(d) => batch.push(d),
+                        Err(msg) => break Err(self.fail(rx, msg)),
+                    }
+                    if let Err(msg) = publisher.publish(&mut batch) {
+                        break Err(self.fail(rx, msg));
                     }
                 }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break Ok(()),
             }
-            let durable = match self.commit(&mut jobs) {
-                Ok(d) => d,
-                Err(msg) => return Err(self.fail(rx, msg)),
-            };
-            if let Err(mpsc::SendError(d)) = out.send(durable) {
-                let msg = "the log publisher stopped".to_owned();
-                d.acks.into_iter().for_each(|a| a.fail(&msg));
-                return Err(self.fail(rx, msg));
+            if Instant::now() >= next_checkpoint {
+                // A full queue means a checkpoint is being written; the next tick sends a newer one.
+                let _ = checkpoints.try_send((publisher.builder.size(), publisher.builder.root()));
+                next_checkpoint = Instant::now() + interval;
             }
-        }
-        Ok(())
+        };
+        publisher.finish(checkpoints, result)
     }
 
     /// Fails closed: nothing more is accepted, and everything queued is refused.
@@ -856,7 +867,7 @@ impl Writer {
         };
         let root = receipts.first().map_or(Hash::EMPTY_ROOT, |r| r.batch_root);
         let frame = wal::encode(start, &entries, &root);
-        if let Err(e) = self.wal.write_all(&frame).and_then(|()| self.wal.sync_data()) {
+        if let Err(e) = self.shared.store.append_frame(&frame) {
             return Err(fail_all(acks, format!("cannot write the write-ahead log: {e}")));
         }
         self.next += leaves.len() as u64;
@@ -882,33 +893,8 @@ struct Publisher {
 }
 
 impl Publisher {
-    fn run(
-        &mut self,
-        rx: &Receiver<Durable>,
-        checkpoints: &SyncSender<(u64, Hash)>,
-        interval: Duration,
-    ) -> Result<(), String> {
-        let mut next_checkpoint = Instant::now() + interval;
-        let mut pending: Vec<Durable> = Vec::new();
-        let result = loop {
-            match rx.recv_timeout(next_checkpoint.saturating_duration_since(Instant::now())) {
-                Ok(first) => {
-                    pending.push(first);
-                    pending.extend(rx.try_iter());
-                    if let Err(msg) = self.publish(&mut pending) {
-                        fail_closed(&self.shared, &msg);
-                        break Err(msg);
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break Ok(()),
-            }
-            if Instant::now() >= next_checkpoint {
-                // A full queue means a checkpoint is being written; the next tick sends a newer one.
-                let _ = checkpoints.try_send((self.builder.size(), self.builder.root()));
-                next_checkpoint = Instant::now() + interval;
-            }
-        };
+    /// At the writer's stop: the last checkpoint, and the open tiles written to storage.
+    fn finish(&mut self, checkpoints: &SyncSender<(u64, Hash)>, result: Result<(), String>) -> Result<(), String> {
         // The last checkpoint covers everything published, even after a tile write failed.
         let _ = checkpoints.send((self.builder.size(), self.builder.root()));
         // The open tiles go to disk too at a clean stop: evidence, at the next open, that
@@ -919,7 +905,7 @@ impl Publisher {
 
     fn write(&self, tiles: &[(Tile, Vec<u8>)]) -> Result<(), String> {
         for (tile, data) in tiles {
-            self.shared.store.write(tile, data).map_err(|e| format!("cannot write tile `{tile}`: {e}"))?;
+            self.shared.store.write_tile(tile, data).map_err(|e| format!("cannot write tile `{tile}`: {e}"))?;
         }
         Ok(())
     }
@@ -962,7 +948,7 @@ impl Publisher {
 fn write_tiles(shared: &Shared, rx: &Receiver<FullTiles>) -> Result<(), String> {
     while let Ok(tiles) = rx.recv() {
         for (tile, data) in &tiles {
-            if let Err(e) = shared.store.write(tile, data) {
+            if let Err(e) = shared.store.write_tile(tile, data) {
                 let msg = format!("cannot write tile `{tile}`: {e}");
                 fail_closed(shared, &msg);
                 return Err(msg);
@@ -977,7 +963,6 @@ fn write_tiles(shared: &Shared, rx: &Receiver<FullTiles>) -> Result<(), String> 
 /// off the path of appends, so its syncs never hold up a batch.
 struct Checkpointer {
     signer: Ed25519Signer,
-    path: PathBuf,
     /// Size of the last checkpoint written.
     written: Option<u64>,
     shared: Arc<Shared>,
@@ -1008,8 +993,9 @@ impl Checkpointer {
             .map_err(|e| format!("cannot sign checkpoint: {e}"))?
             .to_string();
         if self.written != Some(size) {
-            write_atomic(&self.path, text.as_bytes(), true)
-                .map_err(|e| format!("cannot write `{}`: {e}", self.path.display()))?;
+            self.shared.store.write_checkpoint(text.as_bytes()).map_err(|e| {
+                format!("cannot write `{}`: {e}", self.shared.store.location(Item::Checkpoint).display())
+            })?;
             self.written = Some(size);
         }
         self.shared.published.write().unwrap_or_else(PoisonError::into_inner).checkpoint = text;

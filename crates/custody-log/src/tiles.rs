@@ -1,19 +1,17 @@
-//! The tree as tiles: building them as entries arrive, and keeping them as files.
+//! The tree as tiles: building them as entries arrive, and serving the open ones.
 //!
 //! [`Builder`] holds the sequencer's whole in-memory state: the [`Frontier`] and, for each
 //! tile level and for the entries, the contents of the rightmost tile that is not yet full.
 //! Every stored hash a batch adds either lands in one of those or completes a full tile, so
 //! tiles are produced without reading storage back.
 //!
-//! [`TileStore`] keeps full tiles as files at their C2SP paths under `log/`; [`OpenTiles`]
-//! keeps the open ones in memory. Tiles are not fsynced: they are derived from the
-//! write-ahead file and rebuilt or checked against it at every open.
+//! [`OpenTiles`] keeps the open ones in memory for readers; full tiles go to the
+//! [`LogStorage`](crate::LogStorage). Tiles are not made durable: they are derived from the
+//! write-ahead frames and rebuilt or checked against them at every open.
 
-use std::fs;
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::io;
 
-use custody_tlog::tile::{TILE_HEIGHT, TILE_WIDTH, TileReader, decode_entry_bundle, encode_entry_bundle};
+use custody_tlog::tile::{TILE_HEIGHT, TILE_WIDTH, decode_entry_bundle, encode_entry_bundle};
 use custody_tlog::{Frontier, Hash, Tile, TileKind};
 
 /// `TILE_WIDTH` as a `usize`.
@@ -152,7 +150,7 @@ impl Builder {
 /// The open (not yet full) tiles of the published tree, served from memory: writing a
 /// partial tile file for every batch made file creation the log's bottleneck (ext4 inode
 /// allocation dominated a profile at 4096 appends in flight), and partial tiles are derived
-/// data anyway. Full tiles are files; see [`TileStore`].
+/// data anyway. Full tiles are in the [`LogStorage`](crate::LogStorage).
 #[derive(Debug, Default, Clone)]
 pub(crate) struct OpenTiles {
     size: u64,
@@ -179,7 +177,7 @@ impl OpenTiles {
     }
 
     /// The bytes of `tile` if it lies in one of the open tiles, `None` if it lies in a full
-    /// tile (read from the [`TileStore`]). The caller checks [`OpenTiles::covers`] first.
+    /// tile (read from storage). The caller checks [`OpenTiles::covers`] first.
     pub(crate) fn get(&self, tile: &Tile) -> Option<Result<Vec<u8>, custody_tlog::Error>> {
         let width = usize::from(tile.width());
         match tile.kind() {
@@ -192,120 +190,6 @@ impl OpenTiles {
             TileKind::Entries => (tile.index() == self.size / u64::from(TILE_WIDTH))
                 .then(|| encode_entry_bundle(self.entries.get(..width).unwrap_or_default().iter().map(Vec::as_slice))),
         }
-    }
-}
-
-/// Tiles and entry bundles as files under the log directory.
-#[derive(Debug, Clone)]
-pub(crate) struct TileStore {
-    dir: PathBuf,
-}
-
-impl TileStore {
-    pub(crate) fn new(dir: &Path) -> Self {
-        Self { dir: dir.to_path_buf() }
-    }
-
-    /// The file of `tile`.
-    pub(crate) fn path(&self, tile: &Tile) -> PathBuf {
-        self.dir.join(tile.path())
-    }
-
-    /// The directory holding the partial versions of the tile at `tile`'s coordinates.
-    pub(crate) fn partial_dir(&self, tile: &Tile) -> PathBuf {
-        let mut p = self.path(&tile.full()).into_os_string();
-        p.push(".p");
-        PathBuf::from(p)
-    }
-
-    /// The stored bytes of exactly `tile`, if that file exists.
-    pub(crate) fn read_exact(&self, tile: &Tile) -> io::Result<Option<Vec<u8>>> {
-        match fs::read(self.path(tile)) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// The bytes of `tile`. A partial tile that is not on disk is cut from a wider version of
-    /// the same tile (its prefix): the full one, once the partials are removed, or a wider
-    /// partial, for a tree size that fell inside a batch.
-    pub(crate) fn read(&self, tile: &Tile) -> io::Result<Option<Vec<u8>>> {
-        if let Some(b) = self.read_exact(tile)? {
-            return Ok(Some(b));
-        }
-        if tile.is_full() {
-            return Ok(None);
-        }
-        let wider = self.partial_widths(tile)?.into_iter().filter(|&w| w > tile.width()).chain([TILE_WIDTH]);
-        for w in wider {
-            let from = match tile.kind() {
-                TileKind::Hashes { level } => Tile::hashes(level, tile.index(), w),
-                TileKind::Entries => Tile::entries(tile.index(), w),
-            };
-            let Ok(from) = from else { continue };
-            let Some(data) = self.read_exact(&from)? else { continue };
-            return cut(tile, &from, &data).map(Some);
-        }
-        Ok(None)
-    }
-
-    /// The widths of the partial versions stored for the tile at `tile`'s coordinates.
-    pub(crate) fn partial_widths(&self, tile: &Tile) -> io::Result<Vec<u16>> {
-        let dir = self.partial_dir(tile);
-        let read = match fs::read_dir(&dir) {
-            Ok(r) => r,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        let mut widths = Vec::new();
-        for entry in read {
-            let name = entry?.file_name();
-            // Temporary files from an interrupted write are not tiles.
-            if let Some(w) = name.to_str().and_then(|n| n.parse::<u16>().ok()) {
-                widths.push(w);
-            }
-        }
-        widths.sort_unstable();
-        Ok(widths)
-    }
-
-    /// Writes `data` as `tile`, neither atomically nor durably: readers reach a tile only
-    /// once the published size covers it, which happens after this returns, and a crash
-    /// mid-write leaves a prefix that the next open recognises and rewrites. No temporary
-    /// file and rename: file creation is the costliest part of publishing. Writing a full
-    /// tile removes the partial versions it supersedes.
-    pub(crate) fn write(&self, tile: &Tile, data: &[u8]) -> io::Result<()> {
-        let path = self.path(tile);
-        match fs::write(&path, data) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir_all(path.parent().ok_or_else(|| io::Error::other("tile path has no parent"))?)?;
-                fs::write(&path, data)?;
-            }
-            other => other?,
-        }
-        if tile.is_full() {
-            match fs::remove_dir_all(self.partial_dir(tile)) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                    tracing::warn!(tile = %tile, error = %e, "cannot remove superseded partial tiles");
-                }
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-}
-
-impl TileReader for TileStore {
-    fn read_tiles(&self, tiles: &[Tile]) -> Result<Vec<Vec<u8>>, custody_tlog::Error> {
-        tiles
-            .iter()
-            .map(|t| match self.read(t) {
-                Ok(Some(b)) => Ok(b),
-                Ok(None) => Err(custody_tlog::Error::ReadHashes(format!("tile `{t}` is not stored").into())),
-                Err(e) => Err(custody_tlog::Error::ReadHashes(Box::new(e))),
-            })
-            .collect()
     }
 }
 
@@ -324,28 +208,6 @@ pub(crate) fn cut(tile: &Tile, from: &Tile, data: &[u8]) -> io::Result<Vec<u8>> 
             encode_entry_bundle(prefix.iter().copied()).map_err(io::Error::other)
         }
     }
-}
-
-/// Writes `data` to `path` through a temporary file and a rename, creating directories. With
-/// `durable`, the file and then its directory are fsynced, so after return the new content
-/// survives a crash; without, readers still never see a partial file.
-pub(crate) fn write_atomic(path: &Path, data: &[u8], durable: bool) -> io::Result<()> {
-    let dir = path.parent().ok_or_else(|| io::Error::other("path has no parent"))?;
-    fs::create_dir_all(dir)?;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut f = fs::File::create(&tmp)?;
-    f.write_all(data)?;
-    if durable {
-        f.sync_all()?;
-    }
-    drop(f);
-    fs::rename(&tmp, path)?;
-    if durable {
-        fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
