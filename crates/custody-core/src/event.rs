@@ -139,6 +139,8 @@ pub enum LogEntry {
     Principal(PrincipalEvent),
     /// `kind: "key"`.
     Key(KeyEvent),
+    /// `kind: "review"`, `"attestation"` or `"artifact-revoked"`.
+    Deploy(DeployEvent),
 }
 
 /// A policy set took effect: its hash and full text, so monitors can replay decisions.
@@ -190,6 +192,28 @@ pub struct PrincipalEvent {
     pub subject: Option<PseudonymId>,
 }
 
+/// A step of trusted deployment: a commit reviewed, an artifact attested (built from a
+/// reviewed commit), or an artifact revoked. Reviews and attestations carry their signed
+/// DSSE envelope, so a monitor can check the signatures and the chain itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployEvent {
+    /// Document version.
+    pub v: u32,
+    /// `review`, `attestation` or `artifact-revoked`.
+    pub kind: String,
+    /// When (RFC 3339, UTC).
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: time::OffsetDateTime,
+    /// The source commit (full hash).
+    pub commit: String,
+    /// Artifacts as `(name, lowercase hex SHA-256)`; empty for a review.
+    pub artifacts: Vec<(String, String)>,
+    /// Who: the reviewer, the builder key id, or the operator who revoked.
+    pub by: String,
+    /// The DSSE envelope as JSON (reviews and attestations).
+    pub envelope: Option<serde_json::Value>,
+}
+
 /// A key was created, rotated or destroyed. Never carries key material.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyEvent {
@@ -220,6 +244,7 @@ impl LogEntry {
             LogEntry::PolicySet(e) => &e.kind,
             LogEntry::Principal(e) => &e.kind,
             LogEntry::Key(e) => &e.kind,
+            LogEntry::Deploy(e) => &e.kind,
         }
     }
 }

@@ -16,7 +16,8 @@ mod schema;
 
 pub use error::{IdError, SchemaError, SchemaFileError};
 pub use event::{
-    AccessEvent, Action, Decision, FieldOutcome, KeyEvent, LogEntry, PolicySetEvent, PrincipalEvent, PseudonymId,
+    AccessEvent, Action, Decision, DeployEvent, FieldOutcome, KeyEvent, LogEntry, PolicySetEvent, PrincipalEvent,
+    PseudonymId,
 };
 pub use id::{CollectionName, DataClass, FieldName, Jurisdiction, PrincipalId, RecordId, SubjectId};
 pub use principal::{PrincipalAttrs, PrincipalKind, PrincipalRecord};

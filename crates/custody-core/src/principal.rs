@@ -99,4 +99,8 @@ pub struct PrincipalRecord {
     pub revoked: bool,
     /// Bumped on every change, so caches of the principal can tell they are stale.
     pub version: u64,
+    /// When its credential stops working (Unix seconds); short-lived workload credentials
+    /// issued at admission have one, registered principals none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
 }

@@ -531,6 +531,7 @@ when { resource.class == "protected" && context.location != resource.jurisdictio
             token_sha256: [0; 32],
             revoked: false,
             version: 1,
+            expires_at: None,
         }
     }
 

@@ -97,6 +97,10 @@ pub enum AdminError {
     /// stored; a revocation took effect anyway (revoking must not wait for the log).
     #[error("{0}")]
     Log(String),
+    /// The operation is not allowed (an unreviewed commit, a revoked artifact, a signer who
+    /// may not review).
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl From<IdError> for AdminError {
@@ -140,6 +144,7 @@ fn new_principal(store: &dyn PrincipalStore, req: NewPrincipal) -> Result<(Princ
         token_sha256: hash,
         revoked: false,
         version: 1,
+        expires_at: None,
     };
     Ok((record, token))
 }
@@ -151,7 +156,20 @@ fn new_principal(store: &dyn PrincipalStore, req: NewPrincipal) -> Result<(Princ
 /// As [`add_principal`]; [`AdminError::Log`] if the entry could not be made durable (nothing
 /// is stored then).
 pub async fn add_logged(s: &ServerState, req: NewPrincipal) -> Result<Issued, AdminError> {
-    let (record, token) = new_principal(s.auth.store().as_ref(), req)?;
+    add_logged_with(s, req, None).await
+}
+
+/// [`add_logged`] with a credential that stops working at `expires_at` (Unix seconds).
+///
+/// # Errors
+/// As [`add_logged`].
+pub async fn add_logged_with(
+    s: &ServerState,
+    req: NewPrincipal,
+    expires_at: Option<i64>,
+) -> Result<Issued, AdminError> {
+    let (mut record, token) = new_principal(s.auth.store().as_ref(), req)?;
+    record.expires_at = expires_at;
     let view = PrincipalView::from(&record);
     s.guard
         .log(&principal_event(s, "added", &view)?)
@@ -209,6 +227,7 @@ impl From<AdminError> for ApiError {
             AdminError::Exists(_) => ApiError::new(StatusCode::CONFLICT, "conflict", "Conflict", e.to_string()),
             AdminError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not-found", "Not found", e.to_string()),
             AdminError::Store(cause) => ApiError::internal(cause),
+            AdminError::Refused(_) => ApiError::new(StatusCode::FORBIDDEN, "refused", "Refused", e.to_string()),
             AdminError::Log(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "audit-unavailable", "Audit unavailable", e.to_string())
             }
@@ -231,6 +250,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/admin/principals", get(list).post(add))
         .route("/admin/principals/{id}/revoke", post(revoke))
         .route("/admin/policy/reload", post(reload))
+        .merge(crate::deploy::router())
         .with_state(state)
 }
 

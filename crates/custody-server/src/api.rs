@@ -169,6 +169,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/collections/{collection}/search", post(search))
         .route("/log/checkpoint", get(log_checkpoint))
         .route("/log/key", get(log_key))
+        .route("/v1/deploy/build-key", get(build_key))
         // tlog-tiles: entry bundles SHOULD be compressed at the HTTP layer.
         .route("/log/tile/{*path}", get(log_tile).layer(tower_http::compression::CompressionLayer::new()))
         .route("/log/proof/inclusion", get(proof_inclusion))
@@ -220,6 +221,12 @@ async fn log_checkpoint(State(s): State<AppState>) -> Result<Response, ApiError>
 /// The log's verifier key, `name+keyid+base64`.
 async fn log_key(State(s): State<AppState>) -> Result<Response, ApiError> {
     Ok(text(format!("{}\n", the_log(&s)?.verifier_key()), "public, max-age=3600"))
+}
+
+/// The provider's build key, which signs build provenance (DSSE `keyid` and Ed25519 public
+/// key), for anyone checking an attestation.
+async fn build_key(State(s): State<AppState>) -> Json<crate::deploy::BuildKey> {
+    Json(s.deploy.build_key())
 }
 
 /// A hash tile or entry bundle at its C2SP tlog-tiles path. Full tiles never change.

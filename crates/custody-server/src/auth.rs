@@ -28,7 +28,7 @@ pub enum AuthError {
     #[error("missing bearer token")]
     Missing,
     /// The token is not a custody token, names no principal, has the wrong secret, or the
-    /// principal is revoked. Callers are not told which.
+    /// principal is revoked or its credential expired. Callers are not told which.
     #[error("invalid or revoked token")]
     Invalid,
     /// The principal store failed (answers 503, fail closed).
@@ -98,6 +98,9 @@ impl Authenticator {
         };
         let matches: bool = caller.record.token_sha256.ct_eq(&presented).into();
         if !matches || caller.record.revoked {
+            return Err(AuthError::Invalid);
+        }
+        if caller.record.expires_at.is_some_and(|t| time::OffsetDateTime::now_utc().unix_timestamp() >= t) {
             return Err(AuthError::Invalid);
         }
         Ok(caller)

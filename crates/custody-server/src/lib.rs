@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod api;
 pub mod auth;
+pub mod deploy;
 pub mod error;
 pub mod guard;
 pub mod metrics;

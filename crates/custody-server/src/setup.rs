@@ -84,6 +84,9 @@ pub enum SetupError {
     /// The transparency log could not be opened (damaged, tampered, or misconfigured).
     #[error(transparent)]
     Log(#[from] custody_log::LogError),
+    /// The deployment registry or build key could not be opened.
+    #[error("trusted deployment: {0}")]
+    Deploy(String),
 }
 
 /// The resolved settings the server runs with.
@@ -232,6 +235,8 @@ pub struct ServerState {
     pub policy: Arc<PolicyEngine>,
     /// The transparency log every access event goes to (absent with a custom sink).
     pub log: Option<Arc<Log>>,
+    /// Trusted deployment: reviews, attestations, the build key.
+    pub deploy: crate::deploy::Deployer,
     /// Whether this open created the KEK and system keys (a fresh data dir), so
     /// [`ServerState::announce`] logs their creation.
     fresh_keys: bool,
@@ -289,7 +294,9 @@ impl ServerState {
         let metrics = Arc::new(Metrics::new());
         let guard = Guard::new(schema, vault, policy.clone(), sink, metrics.clone());
         let auth = Authenticator::new(store, policy.clone());
-        Ok(Arc::new(Self { guard, auth, metrics, policy, log, fresh_keys, config: cfg, dirs }))
+        let deploy =
+            crate::deploy::Deployer::open(&dirs.root, &dirs.keys).map_err(|e| SetupError::Deploy(e.to_string()))?;
+        Ok(Arc::new(Self { guard, auth, metrics, policy, log, deploy, fresh_keys, config: cfg, dirs }))
     }
 
     /// Logs what a monitor needs before the first access: the policy set in force and, for a
@@ -298,8 +305,15 @@ impl ServerState {
     /// # Errors
     /// [`GuardError::AuditUnavailable`]: the server must not serve without it.
     pub async fn announce(&self) -> Result<(), GuardError> {
+        let mut created: Vec<&str> = Vec::new();
         if self.fresh_keys {
-            for key in ["kek", "blind-index", "pseudonym"] {
+            created.extend(["kek", "blind-index", "pseudonym"]);
+        }
+        if self.deploy.fresh_key {
+            created.push("build");
+        }
+        {
+            for key in created {
                 self.guard
                     .log(&LogEntry::Key(KeyEvent {
                         v: 1,

@@ -727,6 +727,7 @@ fn generated_sets_produce_both_permits_and_denials() {
             token_sha256: [0; 32],
             revoked: false,
             version: 1,
+            expires_at: None,
         };
         let prepared = world.state.policy.prepare_principal(&record).unwrap();
         let ctx = RequestContext::default();

@@ -53,6 +53,16 @@ enum Command {
     Policy(cmd::policy::PolicyCmd),
     /// Measure guarded vs unguarded reads over loopback HTTP
     Bench(cmd::bench::BenchArgs),
+    /// Review commits for trusted deployment (reviewer keys, approvals)
+    #[command(subcommand)]
+    Review(cmd::deploy::ReviewCmd),
+    /// Build a reviewed commit in a clean checkout and attest it (in-toto/SLSA in DSSE)
+    Build(cmd::deploy::BuildArgs),
+    /// Measure a workload binary, get a short-lived credential for it, and exec it
+    Run(cmd::deploy::RunArgs),
+    /// Revoke attested artifacts
+    #[command(subcommand)]
+    Artifact(cmd::deploy::ArtifactCmd),
 }
 
 fn main() -> std::process::ExitCode {
@@ -70,6 +80,10 @@ fn main() -> std::process::ExitCode {
         Command::Principal(c) => cmd::principal::run(&settings, cli.format, c),
         Command::Policy(c) => cmd::policy::run(&settings, cli.format, c),
         Command::Bench(a) => cmd::bench::run(&settings, cli.format, a),
+        Command::Review(c) => cmd::deploy::review(&settings, cli.format, c),
+        Command::Build(a) => cmd::deploy::build_cmd(&settings, cli.format, a),
+        Command::Run(a) => cmd::deploy::run(&settings, a),
+        Command::Artifact(c) => cmd::deploy::artifact(&settings, cli.format, c),
     };
     match result {
         Ok(()) => Exit::Ok.into(),
