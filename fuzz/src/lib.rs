@@ -146,3 +146,22 @@ pub fn tlog_formats(data: &[u8]) {
         let _ = r.statement();
     }
 }
+
+/// The public key the DSSE seed corpus is signed with (Ed25519 seed of 32 bytes of 7).
+const FUZZ_DSSE_KEY: &str = "6kpsY+KcUgq+9VB7Ey7F+ZVHdq6+vnuSQh7qaRRG0iw=";
+
+/// Parses `bytes` as a DSSE envelope and checks it as the server checks a review or an
+/// attestation: signature under `keyid` `fuzz`, then the in-toto statement inside and its
+/// commit. True only if all of that holds. Must never panic.
+pub fn dsse_envelope(bytes: &[u8]) -> bool {
+    use custody_deploy::dsse::{Envelope, IN_TOTO};
+    use custody_deploy::statement::Statement;
+    let Ok(env) = serde_json::from_slice::<Envelope>(bytes) else { return false };
+    let Ok(key) = custody_deploy::keys::parse_public(FUZZ_DSSE_KEY) else { return false };
+    let payload = match env.verify("fuzz", &key) {
+        Ok(p) => p,
+        Err(e) => return !render(&e),
+    };
+    let Ok(st) = serde_json::from_slice::<Statement>(&payload) else { return false };
+    env.payload_type == IN_TOTO && st.commit().is_some()
+}

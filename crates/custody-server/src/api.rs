@@ -98,7 +98,17 @@ impl FromRequestParts<AppState> for Authed {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let header = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        Ok(Authed(state.auth.authenticate(header)?))
+        let caller = state.auth.authenticate(header)?;
+        if let Err(secs) = state.limits.admit(&caller.record.id) {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Rate limited",
+                format!("principal `{}` is over its request rate; retry in {secs} s", caller.record.id),
+            )
+            .retry_after(secs));
+        }
+        Ok(Authed(caller))
     }
 }
 
@@ -180,8 +190,29 @@ pub fn app(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(state.clone(), shed))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
+}
+
+/// Answers 503 with `Retry-After` at once when `max_inflight` requests are in flight, so
+/// memory stays bounded and admitted requests keep their latency under overload.
+async fn shed(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    // Probes and scrapes stay answerable under overload; they are cheap.
+    if matches!(req.uri().path(), "/healthz" | "/metrics") {
+        return next.run(req).await;
+    }
+    let Some(_permit) = state.limits.enter() else {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "Overloaded",
+            "the server is at its limit of requests in flight; retry shortly",
+        )
+        .retry_after(1)
+        .into_response();
+    };
+    next.run(req).await
 }
 
 async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {

@@ -61,6 +61,14 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// Adds a `Retry-After` of `secs` seconds.
+    pub fn retry_after(mut self, secs: u32) -> Self {
+        self.0.retry_after = Some(secs);
+        self
+    }
+}
+
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         match e {

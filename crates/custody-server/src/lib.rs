@@ -15,6 +15,7 @@ pub mod auth;
 pub mod deploy;
 pub mod error;
 pub mod guard;
+pub mod limits;
 pub mod metrics;
 pub mod setup;
 

@@ -112,6 +112,12 @@ pub struct ServerConfig {
     pub log_max_delay: Duration,
     /// How often a new checkpoint is signed while the log grows.
     pub checkpoint_interval: Duration,
+    /// Most API requests in flight; past it requests get 503 with `Retry-After`.
+    pub max_inflight: usize,
+    /// Sustained requests per second one principal may make (0: unlimited); past it, 429.
+    pub principal_rate: f64,
+    /// Requests a principal may make at once above its rate.
+    pub principal_burst: u32,
 }
 
 impl ServerConfig {
@@ -128,6 +134,9 @@ impl ServerConfig {
             log_origin: "custody.local/us".into(),
             log_max_delay: Duration::ZERO,
             checkpoint_interval: Duration::from_secs(1),
+            max_inflight: 1024,
+            principal_rate: 0.0,
+            principal_burst: 100,
         }
     }
 }
@@ -237,6 +246,8 @@ pub struct ServerState {
     pub log: Option<Arc<Log>>,
     /// Trusted deployment: reviews, attestations, the build key.
     pub deploy: crate::deploy::Deployer,
+    /// Requests in flight and per-principal rates.
+    pub limits: crate::limits::Limits,
     /// Whether this open created the KEK and system keys (a fresh data dir), so
     /// [`ServerState::announce`] logs their creation.
     fresh_keys: bool,
@@ -296,7 +307,8 @@ impl ServerState {
         let auth = Authenticator::new(store, policy.clone());
         let deploy =
             crate::deploy::Deployer::open(&dirs.root, &dirs.keys).map_err(|e| SetupError::Deploy(e.to_string()))?;
-        Ok(Arc::new(Self { guard, auth, metrics, policy, log, deploy, fresh_keys, config: cfg, dirs }))
+        let limits = crate::limits::Limits::new(cfg.max_inflight, cfg.principal_rate, cfg.principal_burst);
+        Ok(Arc::new(Self { guard, auth, metrics, policy, log, deploy, limits, fresh_keys, config: cfg, dirs }))
     }
 
     /// Logs what a monitor needs before the first access: the policy set in force and, for a

@@ -96,3 +96,14 @@ fn tlog_formats_corpus_parses_without_panicking() {
         fuzz_support::tlog_formats(bytes);
     }
 }
+
+#[test]
+fn dsse_envelope_corpus_verifies_only_the_valid_seed() {
+    let mut accepted = Vec::new();
+    for (name, data) in corpus("dsse_envelope") {
+        if fuzz_support::dsse_envelope(&data) {
+            accepted.push(name);
+        }
+    }
+    assert_eq!(accepted, ["valid.json"]);
+}

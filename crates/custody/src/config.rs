@@ -47,6 +47,15 @@ pub(crate) struct SettingArgs {
     /// Most log entries sequenced per batch: one write, one fsync, one signature [default: 4096]
     #[arg(long, env = "CUSTODY_AUDIT_MAX_BATCH", global = true, value_name = "N")]
     pub(crate) audit_max_batch: Option<u64>,
+    /// Most API requests in flight; past it requests get 503 with Retry-After [default: 1024]
+    #[arg(long, env = "CUSTODY_MAX_INFLIGHT", global = true, value_name = "N")]
+    pub(crate) max_inflight: Option<u64>,
+    /// Sustained requests per second per principal, 0 for unlimited; past it, 429 [default: 0]
+    #[arg(long, env = "CUSTODY_PRINCIPAL_RATE", global = true, value_name = "PER_SECOND")]
+    pub(crate) principal_rate: Option<u64>,
+    /// Requests a principal may make at once above its rate [default: 100]
+    #[arg(long, env = "CUSTODY_PRINCIPAL_BURST", global = true, value_name = "N")]
+    pub(crate) principal_burst: Option<u64>,
     /// Transparency log origin, the first line of every checkpoint [default: custody.local/ followed by the jurisdiction in lowercase]
     #[arg(long, env = "CUSTODY_LOG_ORIGIN", global = true, value_name = "ORIGIN")]
     pub(crate) log_origin: Option<String>,
@@ -92,6 +101,9 @@ const KEYS: &[&str] = &[
     "policy_dir",
     "max_body_bytes",
     "audit_max_batch",
+    "max_inflight",
+    "principal_rate",
+    "principal_burst",
     "log_origin",
     "log_max_delay_ms",
     "checkpoint_interval_ms",
@@ -202,6 +214,16 @@ impl Settings {
         if !(1..=65536).contains(&batch) {
             problems.push(format!("`audit_max_batch`: {batch} is outside 1..=65536"));
         }
+        let mut int = |flag: Option<u64>, key: &str, default: u64, range: std::ops::RangeInclusive<u64>| {
+            let v = flag.or_else(|| file_int(&table, key, &mut problems, &file)).unwrap_or(default);
+            if !range.contains(&v) {
+                problems.push(format!("`{key}`: {v} is outside {}..={}", range.start(), range.end()));
+            }
+            v
+        };
+        let max_inflight = int(args.max_inflight, "max_inflight", 1024, 1..=1_000_000);
+        let principal_rate = int(args.principal_rate, "principal_rate", 0, 0..=1_000_000);
+        let principal_burst = int(args.principal_burst, "principal_burst", 100, 1..=1_000_000);
         let origin = args.log_origin.clone().or_else(|| file_str(&table, "log_origin", &mut problems, &file));
         let delay = args
             .log_max_delay_ms
@@ -241,6 +263,9 @@ impl Settings {
                     policy_dir,
                     max_body_bytes: max_body as usize,
                     audit_max_batch: batch as usize,
+                    max_inflight: max_inflight as usize,
+                    principal_rate: principal_rate as f64,
+                    principal_burst: u32::try_from(principal_burst).unwrap_or(u32::MAX),
                 },
                 log,
             }),

@@ -376,3 +376,37 @@ async fn offline_principal_changes_are_logged_like_online_ones() {
     assert_eq!(kek.len(), 1, "{docs:?}");
     assert!(kek[0] < added);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_the_logs_even_at_trace_level() {
+    let work = tempfile::tempdir().unwrap();
+    let log = work.path().join("server.log");
+    let s = Server::start_traced(&log);
+    let c = cast(&s);
+    let app_token = s.principal("leaky-app", "workload", "US", &["--role", "app-backend"]);
+    let app = s.client(&app_token);
+    seed(&app, "u9", "subj-secret-9", "canary-trace").await;
+    c.engineer.get("profiles", "u9").await.unwrap();
+    let _ = c.abroad.get("profiles", "u9").await;
+    // A wrong secret for a real principal, and a malformed token.
+    let wrong = format!("{}:{}", app_token.split(':').next().unwrap(), "not-the-secret-0123456789");
+    let _ = s.client(&wrong).get("profiles", "u9").await;
+    let _ = s.client("cst1_nobody:planted-bogus-secret-4242").get("profiles", "u9").await;
+    let kek = std::fs::read(s.data().join("keys/kek")).unwrap();
+    drop(s);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.lines().count() > 10, "trace logging produced output");
+    let secret = app_token.split(':').nth(1).unwrap();
+    for planted in [secret, "not-the-secret-0123456789", "planted-bogus-secret-4242", "canary-trace", "subj-secret-9"] {
+        assert!(!text.contains(planted), "`{planted}` appears in the server's trace log");
+    }
+    // The KEK, however it is encoded in its file, in no form the log could carry.
+    assert!(kek.len() >= 32);
+    for form in [hex_of(&kek), String::from_utf8_lossy(&kek).trim().to_owned()] {
+        assert!(!text.contains(&form), "the KEK appears in the server's trace log");
+    }
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -44,16 +44,32 @@ impl Server {
 
     /// Starts `custody serve` on `dir`/data, which may already hold a data dir.
     pub(crate) fn start_in(dir: tempfile::TempDir, flags: &[&str]) -> Server {
+        Self::launch(dir, flags, None)
+    }
+
+    /// Starts `custody serve` logging at trace level, stdout and stderr into `log`.
+    pub(crate) fn start_traced(log: &std::path::Path) -> Server {
+        Self::launch(tempfile::tempdir().unwrap(), &[], Some(log))
+    }
+
+    fn launch(dir: tempfile::TempDir, flags: &[&str], log: Option<&std::path::Path>) -> Server {
         let port = free_port();
+        let (level, out, err) = match log {
+            Some(path) => {
+                let f = std::fs::File::create(path).unwrap();
+                ("trace", Stdio::from(f.try_clone().unwrap()), Stdio::from(f))
+            }
+            None => ("warn", Stdio::null(), Stdio::null()),
+        };
         let child = Command::new(BIN)
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(flags)
             .arg("serve")
-            .env("CUSTODY_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .env("CUSTODY_LOG", level)
+            .stdout(out)
+            .stderr(err)
             .spawn()
             .unwrap();
         let base = format!("http://127.0.0.1:{port}");
