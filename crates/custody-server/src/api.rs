@@ -98,7 +98,18 @@ impl FromRequestParts<AppState> for Authed {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let header = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        let caller = state.auth.authenticate(header)?;
+        let cert = parts.extensions.get::<crate::tls::ClientIdentity>().and_then(|c| c.0.as_ref());
+        let caller = match (header, cert) {
+            (None, Some(id)) => state.auth.authenticate_certified(id)?,
+            (Some(_), Some(id)) => {
+                let caller = state.auth.authenticate(header)?;
+                if &caller.record.id != id {
+                    return Err(crate::auth::AuthError::Invalid.into());
+                }
+                caller
+            }
+            _ => state.auth.authenticate(header)?,
+        };
         if let Err(secs) = state.limits.admit(&caller.record.id) {
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,

@@ -79,29 +79,42 @@ impl Authenticator {
         let token = header.strip_prefix("Bearer ").ok_or(AuthError::Missing)?.trim();
         let (id, secret) = parse(token).ok_or(AuthError::Invalid)?;
         let presented: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
-        let cached = self.cache.read().ok().and_then(|c| c.get(&id).cloned());
-        let caller = match cached {
-            Some(c) => c,
-            None => {
-                let record = self
-                    .store
-                    .principal(&id)
-                    .map_err(|e| AuthError::Store(e.to_string()))?
-                    .ok_or(AuthError::Invalid)?;
-                let prepared = self.policy.prepare_principal(&record).map_err(|e| AuthError::Store(e.to_string()))?;
-                let caller = Arc::new(Caller { record: Arc::new(record), prepared });
-                if let Ok(mut c) = self.cache.write() {
-                    c.insert(id.clone(), caller.clone());
-                }
-                caller
-            }
-        };
+        let caller = self.caller(&id)?;
         let matches: bool = caller.record.token_sha256.ct_eq(&presented).into();
         if !matches || caller.record.revoked {
             return Err(AuthError::Invalid);
         }
         if caller.record.expires_at.is_some_and(|t| time::OffsetDateTime::now_utc().unix_timestamp() >= t) {
             return Err(AuthError::Invalid);
+        }
+        Ok(caller)
+    }
+
+    /// Authenticates a principal whose identity a verified TLS client certificate proved:
+    /// it must exist, be unrevoked and unexpired; no token is needed.
+    ///
+    /// # Errors
+    /// [`AuthError`]; all but `Store` answer 401.
+    pub fn authenticate_certified(&self, id: &PrincipalId) -> Result<Arc<Caller>, AuthError> {
+        let caller = self.caller(id)?;
+        let expired = caller.record.expires_at.is_some_and(|t| time::OffsetDateTime::now_utc().unix_timestamp() >= t);
+        if caller.record.revoked || expired {
+            return Err(AuthError::Invalid);
+        }
+        Ok(caller)
+    }
+
+    /// The principal from the cache, or from the store (then cached).
+    fn caller(&self, id: &PrincipalId) -> Result<Arc<Caller>, AuthError> {
+        if let Some(c) = self.cache.read().ok().and_then(|c| c.get(id).cloned()) {
+            return Ok(c);
+        }
+        let record =
+            self.store.principal(id).map_err(|e| AuthError::Store(e.to_string()))?.ok_or(AuthError::Invalid)?;
+        let prepared = self.policy.prepare_principal(&record).map_err(|e| AuthError::Store(e.to_string()))?;
+        let caller = Arc::new(Caller { record: Arc::new(record), prepared });
+        if let Ok(mut c) = self.cache.write() {
+            c.insert(id.clone(), caller.clone());
         }
         Ok(caller)
     }

@@ -118,6 +118,8 @@ pub struct ServerConfig {
     pub principal_rate: f64,
     /// Requests a principal may make at once above its rate.
     pub principal_burst: u32,
+    /// TLS on the API listener; `None` serves plaintext (loopback only, unless allowed).
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 impl ServerConfig {
@@ -137,6 +139,7 @@ impl ServerConfig {
             max_inflight: 1024,
             principal_rate: 0.0,
             principal_burst: 100,
+            tls: None,
         }
     }
 }
@@ -424,11 +427,19 @@ pub async fn serve(
         shutdown.await;
         let _ = tx.send(true);
     });
-    let result = axum::serve(listener, crate::api::app(state.clone()))
-        .with_graceful_shutdown(async move {
-            let _ = rx3.wait_for(|v| *v).await;
-        })
-        .await;
+    let result = match &state.config.tls {
+        Some(files) => {
+            let config = crate::tls::server_config(files).map_err(std::io::Error::other)?;
+            crate::tls::serve(listener, config, crate::api::app(state.clone()), rx3).await
+        }
+        None => {
+            axum::serve(listener, crate::api::app(state.clone()))
+                .with_graceful_shutdown(async move {
+                    let _ = rx3.wait_for(|v| *v).await;
+                })
+                .await
+        }
+    };
     let _ = admin.await;
     let _ = std::fs::remove_file(&sock);
     result

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use custody_core::Jurisdiction;
 use custody_server::ServerConfig;
+use custody_server::tls::TlsFiles;
 
 /// Defaults, each documented in `custody.toml.example`.
 pub(crate) const DEFAULT_DATA_DIR: &str = "./custody-data";
@@ -47,6 +48,21 @@ pub(crate) struct SettingArgs {
     /// Most log entries sequenced per batch: one write, one fsync, one signature [default: 4096]
     #[arg(long, env = "CUSTODY_AUDIT_MAX_BATCH", global = true, value_name = "N")]
     pub(crate) audit_max_batch: Option<u64>,
+    /// TLS certificate chain (PEM) for the API listener; with --tls-key turns TLS on
+    #[arg(long, env = "CUSTODY_TLS_CERT", global = true, value_name = "PEM")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for the API listener
+    #[arg(long, env = "CUSTODY_TLS_KEY", global = true, value_name = "PEM")]
+    pub(crate) tls_key: Option<PathBuf>,
+    /// CA (PEM) whose client certificates identify principals by common name (mTLS)
+    #[arg(long, env = "CUSTODY_TLS_CLIENT_CA", global = true, value_name = "PEM")]
+    pub(crate) tls_client_ca: Option<PathBuf>,
+    /// Refuse TLS clients without a certificate from the client CA
+    #[arg(long, env = "CUSTODY_TLS_REQUIRE_CLIENT_CERT", global = true)]
+    pub(crate) tls_require_client_cert: bool,
+    /// Serve plaintext HTTP on a non-loopback address (never do this outside a lab)
+    #[arg(long, env = "CUSTODY_DANGEROUSLY_ALLOW_PLAINTEXT", global = true)]
+    pub(crate) dangerously_allow_plaintext: bool,
     /// Most API requests in flight; past it requests get 503 with Retry-After [default: 1024]
     #[arg(long, env = "CUSTODY_MAX_INFLIGHT", global = true, value_name = "N")]
     pub(crate) max_inflight: Option<u64>,
@@ -102,6 +118,11 @@ const KEYS: &[&str] = &[
     "max_body_bytes",
     "audit_max_batch",
     "max_inflight",
+    "tls_cert",
+    "tls_key",
+    "tls_client_ca",
+    "tls_require_client_cert",
+    "dangerously_allow_plaintext",
     "principal_rate",
     "principal_burst",
     "log_origin",
@@ -117,6 +138,17 @@ fn file_str(table: &toml::Table, key: &str, problems: &mut Vec<String>, file: &P
         Some(other) => {
             problems.push(format!("`{key}` in `{}` must be a string, found {}", file.display(), other.type_str()));
             None
+        }
+    }
+}
+
+fn file_bool(table: &toml::Table, key: &str, problems: &mut Vec<String>, file: &Path) -> bool {
+    match table.get(key) {
+        None => false,
+        Some(toml::Value::Boolean(b)) => *b,
+        Some(other) => {
+            problems.push(format!("`{key}` in `{}` must be true or false, found {other}", file.display()));
+            false
         }
     }
 }
@@ -224,6 +256,47 @@ impl Settings {
         let max_inflight = int(args.max_inflight, "max_inflight", 1024, 1..=1_000_000);
         let principal_rate = int(args.principal_rate, "principal_rate", 0, 0..=1_000_000);
         let principal_burst = int(args.principal_burst, "principal_burst", 100, 1..=1_000_000);
+        let path = |flag: &Option<PathBuf>, key: &str, problems: &mut Vec<String>| {
+            let p = flag.clone().or_else(|| file_str(&table, key, problems, &file).map(PathBuf::from));
+            if let Some(p) = &p
+                && !p.is_file()
+            {
+                problems.push(format!("`{key}`: `{}` is not a readable file", p.display()));
+            }
+            p
+        };
+        let tls_cert = path(&args.tls_cert, "tls_cert", &mut problems);
+        let tls_key = path(&args.tls_key, "tls_key", &mut problems);
+        let tls_client_ca = path(&args.tls_client_ca, "tls_client_ca", &mut problems);
+        let require_client_cert =
+            args.tls_require_client_cert || file_bool(&table, "tls_require_client_cert", &mut problems, &file);
+        let allow_plaintext =
+            args.dangerously_allow_plaintext || file_bool(&table, "dangerously_allow_plaintext", &mut problems, &file);
+        let tls = match (tls_cert, tls_key) {
+            (Some(cert), Some(key)) => {
+                Some(TlsFiles { cert, key, client_ca: tls_client_ca.clone(), require_client_cert })
+            }
+            (None, None) => None,
+            _ => {
+                problems.push("`tls_cert` and `tls_key` go together: set both or neither".into());
+                None
+            }
+        };
+        if tls.is_none() && (tls_client_ca.is_some() || require_client_cert) {
+            problems.push("`tls_client_ca` and `tls_require_client_cert` need `tls_cert` and `tls_key`".into());
+        }
+        if require_client_cert && tls_client_ca.is_none() {
+            problems.push("`tls_require_client_cert` needs `tls_client_ca`".into());
+        }
+        if let Ok(addr) = &listen
+            && tls.is_none()
+            && !addr.ip().is_loopback()
+            && !allow_plaintext
+        {
+            problems.push(format!(
+                "`listen`: {addr} is not loopback, and plaintext HTTP would expose tokens and data; set `tls_cert` and `tls_key`, or `dangerously_allow_plaintext` for a lab"
+            ));
+        }
         let origin = args.log_origin.clone().or_else(|| file_str(&table, "log_origin", &mut problems, &file));
         let delay = args
             .log_max_delay_ms
@@ -266,6 +339,7 @@ impl Settings {
                     max_inflight: max_inflight as usize,
                     principal_rate: principal_rate as f64,
                     principal_burst: u32::try_from(principal_burst).unwrap_or(u32::MAX),
+                    tls,
                 },
                 log,
             }),

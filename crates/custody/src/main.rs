@@ -63,6 +63,9 @@ enum Command {
     /// Revoke attested artifacts
     #[command(subcommand)]
     Artifact(cmd::deploy::ArtifactCmd),
+    /// Create TLS certificates: a provider CA, node and client certificates
+    #[command(subcommand)]
+    Tls(cmd::tls::TlsCmd),
 }
 
 fn main() -> std::process::ExitCode {
@@ -84,6 +87,7 @@ fn main() -> std::process::ExitCode {
         Command::Build(a) => cmd::deploy::build_cmd(&settings, cli.format, a),
         Command::Run(a) => cmd::deploy::run(&settings, a),
         Command::Artifact(c) => cmd::deploy::artifact(&settings, cli.format, c),
+        Command::Tls(c) => cmd::tls::run(cli.format, c),
     };
     match result {
         Ok(()) => Exit::Ok.into(),

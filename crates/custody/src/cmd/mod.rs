@@ -5,6 +5,7 @@ pub(crate) mod deploy;
 pub(crate) mod policy;
 pub(crate) mod principal;
 pub(crate) mod serve;
+pub(crate) mod tls;
 
 /// A multi-threaded runtime for one command.
 pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
