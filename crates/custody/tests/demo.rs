@@ -21,7 +21,7 @@ fn the_demo_plays_its_story_and_exits_zero() {
         "ranked with their watch history",
         "as 4 chunks",
         "email ",
-        "withheld email",
+        "withheld birthdate, device_id, email, phone, precise_location",
         "forbidden-by:no-protected-outside-jurisdiction",
         "[5/8] a bulk read trips the monitor's alert\n      not yet available: issue #4",
         "[6/8] a user exports their data, then erases it\n      not yet available: issue #8",
