@@ -14,6 +14,8 @@ pub const MAX_CONTEXT_LEN: usize = 512;
 pub const MAX_BATCH: usize = 100;
 /// Most results one search returns.
 pub const MAX_SEARCH_RESULTS: usize = 100;
+/// Most records in one batch-create.
+pub const MAX_BATCH_CREATE: usize = 1000;
 
 /// Body of a create.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -48,6 +50,22 @@ pub struct UpdateRecord {
 pub struct BatchGet {
     /// Record ids, at most [`MAX_BATCH`].
     pub ids: Vec<String>,
+}
+
+/// Body of a batch-create: records created together, each decided, logged and receipted
+/// on its own, stored in one transaction (all or none).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchCreate {
+    /// The records, at most [`MAX_BATCH_CREATE`].
+    pub records: Vec<CreateRecord>,
+}
+
+/// A batch-create's answer: one write answer per record, in request order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BatchWriteResponse {
+    /// Each record's id, fields written and receipt.
+    pub results: Vec<WriteResponse>,
 }
 
 /// Body of a search by blind index.

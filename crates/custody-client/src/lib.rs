@@ -13,8 +13,8 @@ use serde_json::{Map, Value};
 use thiserror::Error;
 
 pub use custody_api::{
-    BatchGet, CreateRecord, ListResponse, Problem, ReadResponse, Receipt, RecordView, Search, UpdateRecord, Withheld,
-    WriteResponse,
+    BatchCreate, BatchGet, BatchWriteResponse, CreateRecord, ListResponse, MAX_BATCH, MAX_BATCH_CREATE, Problem,
+    ReadResponse, Receipt, RecordView, Search, UpdateRecord, Withheld, WriteResponse,
 };
 
 /// What went wrong talking to custody.
@@ -244,6 +244,20 @@ impl Client {
     pub async fn batch_get(&self, collection: &str, ids: &[&str]) -> Result<ListResponse, ClientError> {
         let body = BatchGet { ids: ids.iter().map(|s| s.to_string()).collect() };
         self.call(Method::POST, &format!("/v1/collections/{collection}/batch-get"), Some(&body)).await
+    }
+
+    /// Creates up to [`MAX_BATCH_CREATE`] records in one request: each decided,
+    /// logged and receipted on its own, stored all or none.
+    ///
+    /// # Errors
+    /// [`ClientError`]; a refusal of any record is `Api` with status 403 and nothing is written.
+    pub async fn batch_create(
+        &self,
+        collection: &str,
+        records: Vec<CreateRecord>,
+    ) -> Result<BatchWriteResponse, ClientError> {
+        let body = BatchCreate { records };
+        self.call(Method::POST, &format!("/v1/collections/{collection}/batch-create"), Some(&body)).await
     }
 
     /// Finds records whose searchable `field` equals `value`.

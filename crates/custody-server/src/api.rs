@@ -19,8 +19,8 @@ use crate::ApiError;
 use crate::guard::Caller;
 use crate::setup::ServerState;
 use crate::wire::{
-    BatchGet, CreateRecord, ListResponse, MAX_CONTEXT_LEN, Problem, ReadResponse, Receipt, RecordView, Search,
-    UpdateRecord, Withheld, WriteResponse,
+    BatchCreate, BatchGet, BatchWriteResponse, CreateRecord, ListResponse, MAX_CONTEXT_LEN, Problem, ReadResponse,
+    Receipt, RecordView, Search, UpdateRecord, Withheld, WriteResponse,
 };
 
 /// Shared state of every handler.
@@ -158,9 +158,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
         title = "custody",
         description = "The trusted-provider data boundary: every access decided by Cedar and recorded before release."
     ),
-    paths(create_record, get_record, update_record, delete_record, batch_get, search, healthz, metrics),
+    paths(create_record, get_record, update_record, delete_record, batch_get, batch_create, search, healthz, metrics),
     components(schemas(
         CreateRecord,
+        BatchCreate,
+        BatchWriteResponse,
         UpdateRecord,
         BatchGet,
         Search,
@@ -187,6 +189,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/collections/{collection}/records", post(create_record))
         .route("/v1/collections/{collection}/records/{id}", get(get_record).patch(update_record).delete(delete_record))
         .route("/v1/collections/{collection}/batch-get", post(batch_get))
+        .route("/v1/collections/{collection}/batch-create", post(batch_create))
         .route("/v1/collections/{collection}/search", post(search))
         .route("/log/checkpoint", get(log_checkpoint))
         .route("/log/key", get(log_key))
@@ -407,6 +410,20 @@ async fn batch_get(
     ApiJson(body): ApiJson<BatchGet>,
 ) -> Result<Json<ListResponse>, ApiError> {
     Ok(Json(s.guard.batch_get(&caller, &collection, &body.ids, &ctx).await?))
+}
+
+/// Creates up to 1000 records: each decided, logged and receipted; stored all or none.
+#[utoipa::path(post, path = "/v1/collections/{collection}/batch-create", request_body = BatchCreate,
+    params(("collection" = String, Path)),
+    responses((status = 201, body = BatchWriteResponse), (status = 400, body = Problem), (status = 403, body = Problem), (status = 409, body = Problem)))]
+async fn batch_create(
+    State(s): State<AppState>,
+    Authed(caller): Authed,
+    Ctx(ctx): Ctx,
+    ApiPath(collection): ApiPath<String>,
+    ApiJson(body): ApiJson<BatchCreate>,
+) -> Result<(StatusCode, Json<BatchWriteResponse>), ApiError> {
+    Ok((StatusCode::CREATED, Json(s.guard.batch_create(&caller, &collection, body.records, &ctx).await?)))
 }
 
 /// Finds records by exact value of a searchable field, through its keyed blind index.

@@ -16,12 +16,12 @@ use custody_core::{
     Jurisdiction, KeyEvent, LogEntry, PrincipalRecord, RecordId, Schema, SchemaError, SubjectId,
 };
 use custody_policy::{ClassDecision, LoadedPolicies, PolicyEngine, PreparedPrincipal, RequestContext, ResourceRef};
-use custody_vault::{StoredRecord, Vault, VaultError, WriteMode};
+use custody_vault::{NewRecord, StoredRecord, Vault, VaultError, WriteMode};
 
 use crate::metrics::Metrics;
 use crate::wire::{
-    CreateRecord, ListResponse, MAX_BATCH, MAX_SEARCH_RESULTS, ReadResponse, Receipt, RecordView, Search, UpdateRecord,
-    Withheld, WriteResponse,
+    BatchWriteResponse, CreateRecord, ListResponse, MAX_BATCH, MAX_BATCH_CREATE, MAX_SEARCH_RESULTS, ReadResponse,
+    Receipt, RecordView, Search, UpdateRecord, Withheld, WriteResponse,
 };
 
 /// An authenticated principal, ready for decisions.
@@ -491,6 +491,118 @@ impl Guard {
         };
         let fields = self.schema.validate_fields(cname, &body.fields, false)?;
         self.write(caller, cname, id, subject, jurisdiction, fields, WriteMode::Create, ctx).await
+    }
+
+    /// Creates several records of one collection. Each record is decided on its own and gets
+    /// its own logged access event and receipt; if any is refused, the refusals are logged and
+    /// nothing is written; the records are stored in one transaction (all or none).
+    ///
+    /// # Errors
+    /// As [`Guard::create`]; [`GuardError::BadRequest`] for too many records or a repeated id.
+    pub async fn batch_create(
+        &self,
+        caller: &Caller,
+        collection: &str,
+        bodies: Vec<CreateRecord>,
+        ctx: &RequestContext,
+    ) -> Result<BatchWriteResponse, GuardError> {
+        let (cname, coll) = self.collection(collection)?;
+        if bodies.len() > MAX_BATCH_CREATE {
+            return Err(GuardError::BadRequest(format!(
+                "`records` has {} entries, the limit is {MAX_BATCH_CREATE}",
+                bodies.len()
+            )));
+        }
+        let mut items = Vec::with_capacity(bodies.len());
+        let mut seen = std::collections::HashSet::with_capacity(bodies.len());
+        for body in bodies {
+            let subject =
+                SubjectId::new(body.subject.ok_or(SchemaError::MissingSubject)?).map_err(SchemaError::from)?;
+            let jurisdiction = match body.jurisdiction {
+                Some(j) => Jurisdiction::new(j).map_err(SchemaError::from)?,
+                None => self.policy.boundary().clone(),
+            };
+            let id = match body.id {
+                Some(i) => RecordId::new(i).map_err(SchemaError::from)?,
+                None => RecordId::new(random_id())?,
+            };
+            if !seen.insert(id.clone()) {
+                return Err(GuardError::BadRequest(format!("record id `{id}` appears twice in the batch")));
+            }
+            let fields = self.schema.validate_fields(cname, &body.fields, false)?;
+            items.push(NewRecord { id, subject, jurisdiction, fields });
+        }
+        let policies = self.policy.current();
+        for it in &items {
+            let denied = self.refused(
+                &policies,
+                caller,
+                Action::Write,
+                cname,
+                coll,
+                it.fields.keys(),
+                &it.jurisdiction,
+                &it.subject,
+                ctx,
+            );
+            if !denied.is_empty() {
+                let refs = [(&it.id, &it.subject)];
+                return Err(self.forbid(&policies, caller, Action::Write, cname, &refs, &denied, ctx).await);
+            }
+        }
+        // Only a principal allowed to write learns whether an id is taken.
+        for it in &items {
+            if self.vault.load(cname, &it.id).is_ok() {
+                return Err(GuardError::Conflict(format!("record `{cname}/{}` already exists", it.id)));
+            }
+        }
+        let mut pending = Vec::with_capacity(items.len());
+        for it in &items {
+            let refs = [(&it.id, &it.subject)];
+            let event = self.event(&policies, caller, Action::Write, cname, &refs, it.fields.keys().cloned(), [], ctx);
+            pending.push(self.audit.submit(&LogEntry::Access(event)).inspect_err(|_| self.metrics.audit_failure())?);
+        }
+        let mut receipts = Vec::with_capacity(pending.len());
+        for p in pending {
+            let r = p.durable().await.inspect_err(|_| self.metrics.audit_failure())?;
+            receipts.push(Receipt { index: r.index, detail: r.detail });
+        }
+        let (vault, schema, c2) = (self.vault.clone(), self.schema.clone(), cname.clone());
+        let (created, items) = tokio::task::spawn_blocking(move || {
+            let created = vault.create_many(&schema, &c2, &items);
+            (created, items)
+        })
+        .await
+        .map_err(|e| GuardError::Storage(e.to_string()))?;
+        let created = created?;
+        let mut key_events = Vec::new();
+        for (it, version) in items.iter().zip(&created) {
+            let Some(version) = version else { continue };
+            let entry = LogEntry::Key(KeyEvent {
+                v: 1,
+                kind: "key".into(),
+                time: time::OffsetDateTime::now_utc(),
+                change: "created".into(),
+                key: "subject-dek".into(),
+                subject: Some(self.vault.pseudonyms().subject(it.subject.as_str())),
+                version: Some(*version),
+                provider: self.vault.provider_name().to_string(),
+            });
+            key_events.push(self.audit.submit(&entry).inspect_err(|_| self.metrics.audit_failure())?);
+        }
+        for p in key_events {
+            p.durable().await.inspect_err(|_| self.metrics.audit_failure())?;
+        }
+        let results = items
+            .into_iter()
+            .zip(receipts)
+            .map(|(it, receipt)| WriteResponse {
+                id: it.id.to_string(),
+                written: it.fields.keys().map(ToString::to_string).collect(),
+                receipt,
+            })
+            .collect();
+        Ok(BatchWriteResponse { results })
     }
 
     /// Updates fields of an existing record.

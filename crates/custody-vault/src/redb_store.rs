@@ -111,6 +111,30 @@ impl RecordStore for RedbStore {
         Ok(())
     }
 
+    fn put_new_many(&self, collection: &CollectionName, records: &[crate::NewStoredRecord]) -> Result<(), VaultError> {
+        let encoded: Vec<(Vec<u8>, Vec<u8>)> = records
+            .iter()
+            .map(|(id, r, _)| Ok((record_key(collection, id), encode(r)?)))
+            .collect::<Result<_, VaultError>>()?;
+        let w = self.records.begin_write()?;
+        {
+            let mut t = w.open_table(RECORDS)?;
+            let mut ix = w.open_table(INDEX)?;
+            for ((key, bytes), (id, _, add)) in encoded.iter().zip(records) {
+                if t.get(key.as_slice())?.is_some() {
+                    return Err(VaultError::AlreadyExists(format!("{collection}/{id}")));
+                }
+                t.insert(key.as_slice(), bytes.as_slice())?;
+                for (field, term) in add {
+                    let k = [index_prefix(collection, field, term), id.as_str().as_bytes().to_vec()].concat();
+                    ix.insert(k.as_slice(), ())?;
+                }
+            }
+        }
+        w.commit()?;
+        Ok(())
+    }
+
     fn delete(
         &self,
         collection: &CollectionName,
@@ -190,6 +214,30 @@ impl KeyStore for RedbStore {
         };
         w.commit()?;
         Ok(state)
+    }
+
+    fn insert_subject_keys(&self, keys: &[(SubjectId, WrappedKey)]) -> Result<Vec<KeyState>, VaultError> {
+        let w = self.keys.begin_write()?;
+        let mut states = Vec::with_capacity(keys.len());
+        {
+            let mut t = w.open_table(SUBJECT_KEYS)?;
+            for (subject, key) in keys {
+                let existing = match t.get(subject.as_str())? {
+                    Some(v) => Some(decode::<KeyState>("subject key", v.value())?),
+                    None => None,
+                };
+                states.push(match existing {
+                    Some(s) => s,
+                    None => {
+                        let s = KeyState::Active(key.clone());
+                        t.insert(subject.as_str(), encode(&s)?.as_slice())?;
+                        s
+                    }
+                });
+            }
+        }
+        w.commit()?;
+        Ok(states)
     }
 
     fn destroy_subject_key(&self, subject: &SubjectId) -> Result<bool, VaultError> {

@@ -55,6 +55,9 @@ pub enum KeyState {
     },
 }
 
+/// A record to create in bulk: its id, the stored record, and its blind-index entries.
+pub type NewStoredRecord = (RecordId, StoredRecord, Vec<(String, BlindIndexTerm)>);
+
 /// Record storage: opaque stored records plus blind-index entries.
 pub trait RecordStore: Send + Sync {
     /// One record.
@@ -77,6 +80,20 @@ pub trait RecordStore: Send + Sync {
         index_remove: &[(String, BlindIndexTerm)],
         index_add: &[(String, BlindIndexTerm)],
     ) -> Result<(), VaultError>;
+
+    /// Creates several new records of one collection, with their index entries, in one
+    /// durable transaction: all or none. Fails with [`VaultError::AlreadyExists`] naming the
+    /// first id that is taken. The default writes them one by one (not atomic); stores that
+    /// can, override it.
+    ///
+    /// # Errors
+    /// [`VaultError::Storage`] or [`VaultError::AlreadyExists`].
+    fn put_new_many(&self, collection: &CollectionName, records: &[NewStoredRecord]) -> Result<(), VaultError> {
+        for (id, record, add) in records {
+            self.put(collection, id, record, true, &[], add)?;
+        }
+        Ok(())
+    }
 
     /// Deletes a record and its index entries; false if it did not exist.
     ///
@@ -115,6 +132,15 @@ pub trait KeyStore: Send + Sync {
     /// # Errors
     /// [`VaultError::Storage`].
     fn insert_subject_key(&self, subject: &SubjectId, key: &WrappedKey) -> Result<KeyState, VaultError>;
+
+    /// Stores each key unless its subject already has a state, in one durable transaction where
+    /// the store can; returns the state in force for each, in order.
+    ///
+    /// # Errors
+    /// [`VaultError::Storage`].
+    fn insert_subject_keys(&self, keys: &[(SubjectId, WrappedKey)]) -> Result<Vec<KeyState>, VaultError> {
+        keys.iter().map(|(s, k)| self.insert_subject_key(s, k)).collect()
+    }
 
     /// Destroys the subject's key, leaving a tombstone; false if there was none.
     ///

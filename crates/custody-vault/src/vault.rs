@@ -1,6 +1,6 @@
 //! The vault: sealing on write, selective opening on read, crypto-shredding.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -19,6 +19,22 @@ pub enum WriteMode {
     Create,
     /// The record must exist; the given fields replace their old values.
     Update,
+}
+
+/// Index terms an update removes and adds, by field.
+type IndexChanges = (Vec<(String, BlindIndexTerm)>, Vec<(String, BlindIndexTerm)>);
+
+/// One record to create with [`Vault::create_many`].
+#[derive(Debug, Clone)]
+pub struct NewRecord {
+    /// The new record's id.
+    pub id: RecordId,
+    /// The end user it is about.
+    pub subject: SubjectId,
+    /// The jurisdiction it belongs to.
+    pub jurisdiction: Jurisdiction,
+    /// Validated field values.
+    pub fields: ValidatedFields,
 }
 
 /// The fields of a record that were opened, and nothing else.
@@ -155,6 +171,24 @@ impl Vault {
             return Err(VaultError::Integrity(format!("key version of `{collection}/{id}`")));
         }
         record.key_version = version;
+        let (remove, add) = self.seal_into(schema, coll, collection, id, version, &dek, fields, &mut record)?;
+        self.records.put(collection, id, &record, mode == WriteMode::Create, &remove, &add)?;
+        Ok(created.then_some(version))
+    }
+
+    /// Seals `fields` into `record` under `dek`; returns the index terms to remove and add.
+    #[allow(clippy::too_many_arguments)]
+    fn seal_into(
+        &self,
+        schema: &Schema,
+        coll: &custody_core::CollectionSchema,
+        collection: &CollectionName,
+        id: &RecordId,
+        version: u32,
+        dek: &DataKey,
+        fields: &ValidatedFields,
+        record: &mut StoredRecord,
+    ) -> Result<IndexChanges, VaultError> {
         let mut remove = Vec::new();
         let mut add = Vec::new();
         for (name, value) in fields {
@@ -167,7 +201,7 @@ impl Vault {
                     field: name.as_str(),
                     key_version: KeyVersion(version),
                 };
-                StoredValue::Sealed(seal_field(&dek, &ctx, &json))
+                StoredValue::Sealed(seal_field(dek, &ctx, &json))
             } else {
                 StoredValue::Plain(json)
             };
@@ -180,8 +214,84 @@ impl Vault {
                 add.push((name.to_string(), term));
             }
         }
-        self.records.put(collection, id, &record, mode == WriteMode::Create, &remove, &add)?;
-        Ok(created.then_some(version))
+        Ok((remove, add))
+    }
+
+    /// Creates several records of one collection: DEKs for subjects that have none are made
+    /// in one key-store transaction, the records stored in one record-store transaction (all
+    /// or none). Returns, per record, the DEK version if that record's write created its
+    /// subject's key, so the caller can log the key events.
+    ///
+    /// # Errors
+    /// [`VaultError::AlreadyExists`] if any id is taken (nothing is written),
+    /// [`VaultError::Erased`] if a subject was erased, storage failures.
+    pub fn create_many(
+        &self,
+        schema: &Schema,
+        collection: &CollectionName,
+        records: &[NewRecord],
+    ) -> Result<Vec<Option<u32>>, VaultError> {
+        let (_, coll) = schema.collection(collection.as_str()).map_err(|e| VaultError::NotFound(e.to_string()))?;
+        let mut states: HashMap<&SubjectId, KeyState> = HashMap::new();
+        let mut fresh: Vec<(SubjectId, WrappedKey)> = Vec::new();
+        for r in records {
+            if states.contains_key(&r.subject) || fresh.iter().any(|(s, _)| s == &r.subject) {
+                continue;
+            }
+            match self.keys.subject_key(&r.subject)? {
+                Some(state) => {
+                    states.insert(&r.subject, state);
+                }
+                None => {
+                    let version = 1;
+                    let wrapped = self.provider.wrap(&dek_context(&r.subject, version), &DataKey::generate())?;
+                    fresh.push((r.subject.clone(), WrappedKey { version, wrapped }));
+                }
+            }
+        }
+        let mut created: HashMap<SubjectId, u32> = HashMap::new();
+        let in_force = self.keys.insert_subject_keys(&fresh)?;
+        let mut fresh_states = Vec::with_capacity(fresh.len());
+        for ((subject, key), state) in fresh.iter().zip(in_force) {
+            if state == KeyState::Active(key.clone()) {
+                created.insert(subject.clone(), key.version);
+            }
+            fresh_states.push((subject, state));
+        }
+        for (subject, state) in fresh_states {
+            states.insert(subject, state);
+        }
+        let mut deks: HashMap<&SubjectId, (u32, DataKey)> = HashMap::new();
+        for (subject, state) in &states {
+            match state {
+                KeyState::Active(k) => {
+                    let dek = self
+                        .provider
+                        .unwrap(&dek_context(subject, k.version), &k.wrapped)
+                        .map_err(|_| VaultError::Integrity(format!("key of subject `{subject}`")))?;
+                    deks.insert(*subject, (k.version, dek));
+                }
+                KeyState::Destroyed { .. } => return Err(VaultError::Erased(subject.to_string())),
+            }
+        }
+        let mut out = Vec::with_capacity(records.len());
+        let mut stored = Vec::with_capacity(records.len());
+        for r in records {
+            let (version, dek) =
+                deks.get(&r.subject).ok_or_else(|| VaultError::Integrity(format!("missing key of `{}`", r.subject)))?;
+            let mut record = StoredRecord {
+                subject: r.subject.clone(),
+                jurisdiction: r.jurisdiction.clone(),
+                key_version: *version,
+                fields: BTreeMap::new(),
+                terms: BTreeMap::new(),
+            };
+            let (_, add) = self.seal_into(schema, coll, collection, &r.id, *version, dek, &r.fields, &mut record)?;
+            stored.push((r.id.clone(), record, add));
+            out.push(created.remove(&r.subject));
+        }
+        self.records.put_new_many(collection, &stored)?;
+        Ok(out)
     }
 
     /// The key provider's name (`file`, `pkcs11`), for key events.

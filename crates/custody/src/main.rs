@@ -19,7 +19,7 @@ use crate::exit::Exit;
 #[derive(Debug, Parser)]
 #[command(name = "custody", version, propagate_version = true, max_term_width = 100)]
 #[command(after_help = "Settings come from flags, then CUSTODY_* environment variables, then custody.toml, \
-then defaults. Start with `custody serve`; add principals with `custody principal add`.")]
+then defaults. Start with `custody demo` or `custody serve`; add principals with `custody principal add`.")]
 struct Cli {
     #[command(flatten)]
     settings: SettingArgs,
@@ -41,6 +41,8 @@ enum Format {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Play the whole model end to end: custody, the clips app, seeded users, and the story
+    Demo(cmd::demo::DemoArgs),
     /// Run the guarded API (creates and seeds the data dir on first start)
     Serve,
     /// Create the data dir, its key file and the sample schema and policies, then exit
@@ -78,6 +80,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     let result = match cli.command {
+        Command::Demo(a) => cmd::demo::run(&settings, a),
         Command::Serve => cmd::serve::run(&settings),
         Command::Init => cmd::serve::init(&settings, cli.format),
         Command::Principal(c) => cmd::principal::run(&settings, cli.format, c),

@@ -2,6 +2,7 @@
 
 pub(crate) mod bench;
 pub(crate) mod deploy;
+pub(crate) mod demo;
 pub(crate) mod policy;
 pub(crate) mod principal;
 pub(crate) mod serve;

@@ -1,0 +1,183 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+//! clips end to end: a real custody server (in process, over loopback HTTP, with clips' schema
+//! and policies) and clips' real API in front of it. No mocks: every clips operation here is a
+//! guarded, logged custody call.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use serde_json::{Value, json};
+
+use clips::seed::{self, SeedPlan};
+use custody_client::Client;
+use custody_server::admin::{NewPrincipal, add_principal, principal_event};
+use custody_server::{ServerConfig, ServerState};
+
+struct Env {
+    _dir: tempfile::TempDir,
+    custody: String,
+    clips: String,
+    app: Client,
+    http: reqwest::Client,
+    _stop: tokio::sync::watch::Sender<bool>,
+}
+
+/// custody with clips' deployment (plus `extra` policy files), a clips workload, clips, and
+/// `users` seeded users.
+async fn env(extra: &[(&str, &str)], users: u64) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let (schema, policies) = clips::deploy::write_to(&dir.path().join("deploy")).unwrap();
+    for (name, text) in extra {
+        std::fs::write(policies.join(name), text).unwrap();
+    }
+    let mut cfg = ServerConfig::for_data_dir(dir.path().join("data"));
+    cfg.schema = Some(schema);
+    cfg.policy_dir = Some(policies);
+    let state = ServerState::open(cfg).unwrap();
+    let issued = add_principal(
+        state.auth.store().as_ref(),
+        NewPrincipal {
+            id: "svc:clips".into(),
+            kind: "workload".into(),
+            location: "US".into(),
+            employer: "platform".into(),
+            roles: vec![clips::deploy::ROLE.into()],
+            subject: None,
+            tags: Default::default(),
+        },
+    )
+    .unwrap();
+    state.guard.log(&principal_event(&state, "added", &issued.principal).unwrap()).await.unwrap();
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let custody = format!("http://{}", listener.local_addr().unwrap());
+    let mut r1 = rx.clone();
+    tokio::spawn(custody_server::setup::serve(state, listener, async move {
+        let _ = r1.wait_for(|v| *v).await;
+    }));
+    let app = Client::new(&custody, &issued.token).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let clips = format!("http://{}", listener.local_addr().unwrap());
+    let mut r2 = rx.clone();
+    tokio::spawn(clips::api::serve(listener, clips::Store::new(app.clone()), async move {
+        let _ = r2.wait_for(|v| *v).await;
+    }));
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    for _ in 0..100 {
+        if http.get(format!("{custody}/healthz")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    seed::seed(&app, &SeedPlan::new(users), Arc::new(|_, _, _| {})).await.unwrap();
+    Env { _dir: dir, custody, clips, app, http, _stop: tx }
+}
+
+impl Env {
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.clips));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_works_end_to_end_through_custody() {
+    use reqwest::Method;
+    let e = env(&[], 60).await;
+
+    let (s, feed) = e.call(Method::GET, "/v1/users/u1/feed?limit=10", None).await;
+    assert_eq!(s, 200, "{feed}");
+    assert_eq!(feed["personalised"], true, "{feed}");
+    assert!(!feed["items"].as_array().unwrap().is_empty(), "{feed}");
+    assert!(feed["items"].as_array().unwrap().iter().all(|i| i["video"]["creator"] != "u1"), "no own videos");
+
+    let (s, p) = e.call(Method::GET, "/v1/users/u3", None).await;
+    assert_eq!(s, 200);
+    assert!(p["handle"].as_str().unwrap().ends_with('3'));
+    assert!(p.get("email").is_none(), "the public profile has no protected field");
+
+    let (s, _) = e.call(Method::PATCH, "/v1/users/u3", Some(json!({"bio": "new bio"}))).await;
+    assert_eq!(s, 200);
+    assert_eq!(e.call(Method::GET, "/v1/users/u3", None).await.1["bio"], "new bio");
+
+    // A video larger than one chunk goes in as chunks and comes back byte for byte.
+    let bytes: Vec<u8> = (0..(clips::media::CHUNK_SIZE * 2 + 100)).map(|i| (i * 7 % 256) as u8).collect();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&bytes);
+    let (s, v) =
+        e.call(Method::POST, "/v1/videos", Some(json!({"creator": "u4", "caption": "c", "content_base64": b64}))).await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["chunks"].as_array().unwrap().len(), 3);
+    let id = v["id"].as_str().unwrap().to_string();
+    let back = e.http.get(format!("{}/v1/videos/{id}/content", e.clips)).send().await.unwrap().bytes().await.unwrap();
+    assert_eq!(back.as_ref(), bytes.as_slice());
+    // The chunks are custody records, the content class sealed under the uploader's key.
+    let chunk = e.app.get("chunks", v["chunks"][0].as_str().unwrap()).await.unwrap();
+    assert_eq!(chunk.record.subject, "u4");
+
+    let (s, r) = e.call(Method::POST, &format!("/v1/videos/{id}/likes"), Some(json!({"user": "u5"}))).await;
+    assert_eq!((s, r["new"].clone()), (201, json!(true)));
+    let (s, r) = e.call(Method::POST, &format!("/v1/videos/{id}/likes"), Some(json!({"user": "u5"}))).await;
+    assert_eq!((s, r["new"].clone()), (200, json!(false)), "a second like is idempotent");
+    let (s, _) =
+        e.call(Method::POST, &format!("/v1/videos/{id}/comments"), Some(json!({"author": "u5", "text": "nice"}))).await;
+    assert_eq!(s, 201);
+    let (s, _) = e
+        .call(Method::POST, &format!("/v1/videos/{id}/views"), Some(json!({"viewer": "u5", "watched_ms": 4000})))
+        .await;
+    assert_eq!(s, 201);
+    let (_, v) = e.call(Method::GET, &format!("/v1/videos/{id}"), None).await;
+    assert_eq!((v["likes"].clone(), v["comments"].clone(), v["views"].clone()), (json!(1), json!(1), json!(1)));
+    let (_, c) = e.call(Method::GET, &format!("/v1/videos/{id}/comments"), None).await;
+    assert_eq!(c["comments"][0]["text"], "nice");
+
+    let (s, r) = e.call(Method::POST, "/v1/users/u5/follows", Some(json!({"followee": "u4"}))).await;
+    assert!(s == 201 || (s == 200 && r["new"] == false), "{s} {r}");
+    // The watch is protected data about u5, stored in custody.
+    let watched = e.app.search("watches", "viewer", json!("u5")).await.unwrap();
+    assert!(watched.records.iter().any(|r| r.fields["video"] == id.as_str()));
+
+    // Bad input is a clear 4xx, never a 5xx.
+    assert_eq!(e.call(Method::GET, "/v1/videos/nope", None).await.0, 404);
+    assert_eq!(e.call(Method::GET, "/v1/users/nope", None).await.0, 404);
+    assert_eq!(e.call(Method::POST, "/v1/users/u5/follows", Some(json!({"followee": "u5"}))).await.0, 400);
+    assert_eq!(e.call(Method::POST, "/v1/users/u5/follows", Some(json!({"followee": "nobody"}))).await.0, 404);
+    assert_eq!(e.call(Method::POST, "/v1/videos", Some(json!({"creator": "u4"}))).await.0, 400);
+    assert_eq!(e.call(Method::POST, "/v1/videos", Some(json!({"creator": "u4", "content_base64": "!!"}))).await.0, 400);
+    assert_eq!(e.call(Method::PATCH, "/v1/users/u3", Some(json!({}))).await.0, 400);
+    assert_eq!(e.call(Method::POST, "/v1/users", Some(json!({"id": "u1", "handle": "dup"}))).await.0, 409);
+    let (s, _) = e.call(Method::POST, "/v1/users", Some(json!({"id": "new-user", "handle": "newbie"}))).await;
+    assert_eq!(s, 201);
+    let _ = e.custody;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn withheld_watch_history_makes_the_feed_non_personal_and_says_so() {
+    let e = env(&[("95-no-watch-history.cedar", clips::deploy::NO_WATCH_HISTORY_POLICY)], 40).await;
+    let (s, feed) = e.call(reqwest::Method::GET, "/v1/users/u1/feed", None).await;
+    assert_eq!(s, 200, "{feed}");
+    assert_eq!(feed["personalised"], false, "{feed}");
+    let reason = feed["reason"].as_str().unwrap();
+    assert!(reason.contains("forbidden-by:clips-no-watch-history"), "{reason}");
+    assert!(!feed["items"].as_array().unwrap().is_empty(), "the feed still ranks by follows and engagement");
+    assert!(feed["items"].as_array().unwrap().iter().all(|i| !i["why"].to_string().contains("watched")));
+    // clips may still record watches; it just cannot read them back.
+    let (s, _) =
+        e.call(reqwest::Method::POST, "/v1/videos/v0/views", Some(json!({"viewer": "u1", "watched_ms": 1000}))).await;
+    assert_eq!(s, 201);
+}
+
+#[test]
+fn clips_has_no_storage_of_its_own() {
+    let manifest = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")).unwrap();
+    let deps = manifest.split("[dev-dependencies]").next().unwrap();
+    for db in ["redb", "sled", "rusqlite", "sqlx", "rocksdb", "diesel", "postgres", "redis", "custody-vault"] {
+        assert!(!deps.contains(db), "clips depends on `{db}`: its only storage must be custody");
+    }
+}
