@@ -1,8 +1,8 @@
 //! One module per subcommand.
 
 pub(crate) mod bench;
-pub(crate) mod deploy;
 pub(crate) mod demo;
+pub(crate) mod deploy;
 pub(crate) mod policy;
 pub(crate) mod principal;
 pub(crate) mod serve;
