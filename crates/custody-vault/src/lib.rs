@@ -22,5 +22,7 @@ mod vault;
 
 pub use error::VaultError;
 pub use redb_store::RedbStore;
-pub use store::{KeyState, KeyStore, PrincipalStore, RecordStore, StoredRecord, StoredValue, WrappedKey};
-pub use vault::{OpenedRecord, Vault, WriteMode};
+pub use store::{
+    KeyState, KeyStore, PrincipalStore, RecordStore, RotationState, StoredRecord, StoredValue, WrappedKey,
+};
+pub use vault::{Erasure, OpenedRecord, RotationProgress, Vault, WriteMode};

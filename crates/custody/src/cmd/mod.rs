@@ -1,9 +1,11 @@
 //! One module per subcommand.
 
 pub(crate) mod bench;
+pub(crate) mod keys;
 pub(crate) mod policy;
 pub(crate) mod principal;
 pub(crate) mod serve;
+pub(crate) mod subject;
 
 /// A multi-threaded runtime for one command.
 pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
