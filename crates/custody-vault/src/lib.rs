@@ -23,6 +23,6 @@ mod vault;
 pub use error::VaultError;
 pub use redb_store::RedbStore;
 pub use store::{
-    KeyState, KeyStore, PrincipalStore, RecordStore, RotationState, StoredRecord, StoredValue, WrappedKey,
+    KeyState, KeyStore, PrincipalStore, RecordStore, Rewrap, RotationState, StoredRecord, StoredValue, WrappedKey,
 };
 pub use vault::{Erasure, OpenedRecord, RotationProgress, Vault, WriteMode};

@@ -12,7 +12,9 @@ use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use custody_core::{CollectionName, PrincipalId, PrincipalRecord, RecordId, SubjectId};
 use custody_crypto::BlindIndexTerm;
 
-use crate::{KeyState, KeyStore, PrincipalStore, RecordStore, RotationState, StoredRecord, VaultError, WrappedKey};
+use crate::{
+    KeyState, KeyStore, PrincipalStore, RecordStore, Rewrap, RotationState, StoredRecord, VaultError, WrappedKey,
+};
 
 const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
 const INDEX: TableDefinition<&[u8], ()> = TableDefinition::new("blind_index");
@@ -347,11 +349,7 @@ impl KeyStore for RedbStore {
         Ok(r.open_table(SUBJECT_KEYS)?.len()?)
     }
 
-    fn rewrap_subject_keys(
-        &self,
-        batch: &[(String, Vec<u8>, Vec<u8>)],
-        state: Option<&RotationState>,
-    ) -> Result<u64, VaultError> {
+    fn rewrap_subject_keys(&self, batch: &[Rewrap], state: Option<&RotationState>) -> Result<u64, VaultError> {
         let w = self.keys.begin_write()?;
         let mut replaced = 0;
         {

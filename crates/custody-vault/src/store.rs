@@ -55,6 +55,10 @@ pub enum KeyState {
     },
 }
 
+/// One rewrap of a KEK rotation: the subject, its wrapped DEK as read, and the same DEK
+/// wrapped under the new KEK.
+pub type Rewrap = (String, Vec<u8>, Vec<u8>);
+
 /// Progress of a KEK rotation, stored in the key store so an interrupted rotation resumes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RotationState {
@@ -175,11 +179,7 @@ pub trait KeyStore: Send + Sync {
     ///
     /// # Errors
     /// [`VaultError::Storage`] or [`VaultError::Corrupt`].
-    fn rewrap_subject_keys(
-        &self,
-        batch: &[(String, Vec<u8>, Vec<u8>)],
-        state: Option<&RotationState>,
-    ) -> Result<u64, VaultError>;
+    fn rewrap_subject_keys(&self, batch: &[Rewrap], state: Option<&RotationState>) -> Result<u64, VaultError>;
 
     /// The KEK rotation in progress, if any.
     ///

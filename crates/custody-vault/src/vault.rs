@@ -10,7 +10,9 @@ use custody_crypto::{
     BlindIndexKey, BlindIndexTerm, DataKey, FieldContext, KeyProvider, KeyVersion, PseudonymKey, open_field, seal_field,
 };
 
-use crate::{KeyState, KeyStore, RecordStore, RotationState, StoredRecord, StoredValue, VaultError, WrappedKey};
+use crate::{
+    KeyState, KeyStore, RecordStore, Rewrap, RotationState, StoredRecord, StoredValue, VaultError, WrappedKey,
+};
 
 /// Whether a write creates a record or updates an existing one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -443,11 +445,7 @@ impl Vault {
         Ok(progress(&RotationState { rewrapped: next.rewrapped + replaced, ..next }, total))
     }
 
-    fn rewrap_page(
-        &self,
-        page: &[(String, KeyState)],
-        target: u32,
-    ) -> Result<Vec<(String, Vec<u8>, Vec<u8>)>, VaultError> {
+    fn rewrap_page(&self, page: &[(String, KeyState)], target: u32) -> Result<Vec<Rewrap>, VaultError> {
         let mut work = Vec::new();
         for (subject, state) in page {
             let KeyState::Active(k) = state else { continue };
