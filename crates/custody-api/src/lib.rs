@@ -171,3 +171,97 @@ pub struct Problem {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receipt: Option<Receipt>,
 }
+
+/// Most records one export returns; a subject with more gets `truncated_records`.
+pub const MAX_EXPORT_RECORDS: usize = 10_000;
+/// Most log entries one export returns; past it, `truncated` is set on the log part.
+pub const MAX_EXPORT_ENTRIES: usize = 10_000;
+
+/// One record in an export, with the collection it belongs to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ExportedRecord {
+    /// The collection.
+    pub collection: String,
+    /// The record, decrypted: released fields, and withheld ones with class and reason.
+    pub record: RecordView,
+}
+
+/// A log entry about the subject, with its inclusion proof.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LoggedEntry {
+    /// The entry's index in the log.
+    pub index: u64,
+    /// The exact entry text (its leaf hash is what the proof proves).
+    pub entry: String,
+    /// The inclusion proof `{"index", "size", "proof"}` against [`ExportLog::checkpoint`],
+    /// in the form `custody_verify::verify_inclusion` takes.
+    #[schema(value_type = Object)]
+    pub inclusion: Value,
+}
+
+/// The log part of an export: every entry naming the subject's pseudonym up to a signed
+/// checkpoint, each with its proof.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ExportLog {
+    /// The log's origin.
+    pub origin: String,
+    /// The log's verifier key (pin it out of band to trust the proofs).
+    pub vkey: String,
+    /// The signed checkpoint every proof is against.
+    pub checkpoint: String,
+    /// The checkpoint's tree size: entries `0..size` were scanned.
+    pub size: u64,
+    /// The entries about the subject, in log order.
+    pub entries: Vec<LoggedEntry>,
+    /// More than [`MAX_EXPORT_ENTRIES`] entries matched; the first ones are given.
+    pub truncated: bool,
+}
+
+/// A subject-access export: what custody holds and logged about one subject.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SubjectExport {
+    /// The subject.
+    pub subject: String,
+    /// The pseudonym the log knows the subject by.
+    pub pseudonym: String,
+    /// When the export was made (RFC 3339, UTC).
+    pub generated: String,
+    /// Whether the subject was erased (then `records` is empty).
+    pub erased: bool,
+    /// Every record about the subject.
+    pub records: Vec<ExportedRecord>,
+    /// More than [`MAX_EXPORT_RECORDS`] records; the first ones are given.
+    pub truncated_records: bool,
+    /// The log part; absent when the server records to another audit sink.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<ExportLog>,
+    /// Receipt of the export's own log entry, made durable before anything was released.
+    pub receipt: Receipt,
+}
+
+/// An erasure's answer: what was destroyed and the receipt of the erasure entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ErasureResponse {
+    /// The subject.
+    pub subject: String,
+    /// The pseudonym the log knows the subject by.
+    pub pseudonym: String,
+    /// The version of the DEK destroyed by this request; absent if there was no live key
+    /// (the subject had no data, or was erased before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destroyed_key: Option<u32>,
+    /// Records tombstoned by this request.
+    pub tombstoned: u64,
+    /// Receipt of the erasure entry, durable before the key was destroyed.
+    pub receipt: Receipt,
+    /// Receipt of the `key destroyed` entry, logged once the key was gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_receipt: Option<Receipt>,
+    /// A signed checkpoint that includes the erasure entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
+    /// The erasure entry's inclusion proof against `checkpoint`.
+    #[schema(value_type = Object)]
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub inclusion: Value,
+}

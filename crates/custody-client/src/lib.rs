@@ -13,8 +13,9 @@ use serde_json::{Map, Value};
 use thiserror::Error;
 
 pub use custody_api::{
-    BatchCreate, BatchGet, BatchWriteResponse, CreateRecord, ListResponse, MAX_BATCH, MAX_BATCH_CREATE, Problem,
-    ReadResponse, Receipt, RecordView, Search, UpdateRecord, Withheld, WriteResponse,
+    BatchCreate, BatchGet, BatchWriteResponse, CreateRecord, ErasureResponse, ExportLog, ExportedRecord, ListResponse,
+    LoggedEntry, MAX_BATCH, MAX_BATCH_CREATE, Problem, ReadResponse, Receipt, RecordView, Search, SubjectExport,
+    UpdateRecord, Withheld, WriteResponse,
 };
 
 /// What went wrong talking to custody.
@@ -267,6 +268,25 @@ impl Client {
     pub async fn search(&self, collection: &str, field: &str, value: Value) -> Result<ListResponse, ClientError> {
         let body = Search { field: field.to_string(), value, limit: None };
         self.call(Method::POST, &format!("/v1/collections/{collection}/search"), Some(&body)).await
+    }
+}
+
+impl Client {
+    /// Exports what custody holds and logged about `subject` (as the subject, or as an
+    /// operator stating a justification).
+    ///
+    /// # Errors
+    /// [`ClientError`]; a refusal is `Api` with status 403.
+    pub async fn export_subject(&self, subject: &str) -> Result<SubjectExport, ClientError> {
+        self.call::<(), _>(Method::GET, &format!("/v1/subjects/{subject}/export"), None).await
+    }
+
+    /// Erases `subject`: their key is destroyed and their records tombstoned.
+    ///
+    /// # Errors
+    /// [`ClientError`]; a refusal is `Api` with status 403.
+    pub async fn erase_subject(&self, subject: &str) -> Result<ErasureResponse, ClientError> {
+        self.call::<(), _>(Method::POST, &format!("/v1/subjects/{subject}/erase"), None).await
     }
 }
 

@@ -23,11 +23,16 @@ pub enum Action {
     Search,
     /// Delete records.
     Delete,
+    /// Export everything held and logged about one subject (subject access).
+    Export,
+    /// Erase one subject: destroy their key and tombstone their records.
+    Erase,
 }
 
 impl Action {
     /// Every action, in a stable order.
-    pub const ALL: [Action; 4] = [Action::Read, Action::Write, Action::Search, Action::Delete];
+    pub const ALL: [Action; 6] =
+        [Action::Read, Action::Write, Action::Search, Action::Delete, Action::Export, Action::Erase];
 
     /// The Cedar action id and wire name.
     pub fn as_str(self) -> &'static str {
@@ -36,6 +41,8 @@ impl Action {
             Action::Write => "write",
             Action::Search => "search",
             Action::Delete => "delete",
+            Action::Export => "export",
+            Action::Erase => "erase",
         }
     }
 }
@@ -141,6 +148,48 @@ pub enum LogEntry {
     Key(KeyEvent),
     /// `kind: "review"`, `"attestation"` or `"artifact-revoked"`.
     Deploy(DeployEvent),
+    /// `kind: "subject"`.
+    Subject(SubjectEvent),
+}
+
+/// A subject-rights request was decided: an export of, or the erasure of, one subject.
+///
+/// Logged durably before anything is released or destroyed, so an export or erasure cannot
+/// happen unrecorded. The subject appears only as its pseudonym.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubjectEvent {
+    /// Document version.
+    pub v: u32,
+    /// Always `subject`.
+    pub kind: String,
+    /// When it was decided (RFC 3339, UTC).
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: time::OffsetDateTime,
+    /// `export` or `erase`.
+    pub request: Action,
+    /// Who asked: the subject themself, or an operator on their behalf.
+    pub principal: PrincipalId,
+    /// The asker's kind.
+    pub principal_kind: String,
+    /// The pseudonym of the subject concerned.
+    pub subject: PseudonymId,
+    /// Whether the request was permitted (`permit`) or refused (`deny`).
+    pub decision: Decision,
+    /// Policies that decided, or the deny reason (`default-deny`, `forbidden-by:<id>`).
+    pub reasons: Vec<String>,
+    /// The stated purpose, if any.
+    pub purpose: Option<String>,
+    /// The stated justification, if any (required of operators by the sample policies).
+    pub justification: Option<String>,
+    /// The asker's location at decision time.
+    pub location: Option<String>,
+    /// SHA-256 (hex) of the policy set that decided.
+    pub policy_set: String,
+}
+
+impl SubjectEvent {
+    /// The current document version.
+    pub const VERSION: u32 = 1;
 }
 
 /// A policy set took effect: its hash and full text, so monitors can replay decisions.
@@ -245,6 +294,7 @@ impl LogEntry {
             LogEntry::Principal(e) => &e.kind,
             LogEntry::Key(e) => &e.kind,
             LogEntry::Deploy(e) => &e.kind,
+            LogEntry::Subject(e) => &e.kind,
         }
     }
 }

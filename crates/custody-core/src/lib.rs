@@ -17,7 +17,7 @@ mod schema;
 pub use error::{IdError, SchemaError, SchemaFileError};
 pub use event::{
     AccessEvent, Action, Decision, DeployEvent, FieldOutcome, KeyEvent, LogEntry, PolicySetEvent, PrincipalEvent,
-    PseudonymId,
+    PseudonymId, SubjectEvent,
 };
 pub use id::{CollectionName, DataClass, FieldName, Jurisdiction, PrincipalId, RecordId, SubjectId};
 pub use principal::{PrincipalAttrs, PrincipalKind, PrincipalRecord};

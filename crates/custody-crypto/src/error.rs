@@ -27,4 +27,11 @@ pub enum CryptoError {
         /// Why.
         reason: String,
     },
+    /// The KEK version that wrapped a key is not held: it was destroyed (after a rotation)
+    /// or belongs to another deployment.
+    #[error("no KEK of version {0}: it was destroyed or never existed here")]
+    UnknownKek(u32),
+    /// The current KEK cannot be destroyed; rotate to a new one first.
+    #[error("KEK version {0} is current; rotate to a new KEK before destroying it")]
+    KekInUse(u32),
 }

@@ -51,10 +51,17 @@ pub(crate) struct Db {
 }
 
 /// The migrations of each schema, in order. Never edit one that has shipped; add the next.
-pub(crate) const RECORDS: (&str, &[(&str, &str)]) =
-    ("custody_records", &[("0001", include_str!("../migrations/records_0001.sql"))]);
-pub(crate) const KEYS: (&str, &[(&str, &str)]) =
-    ("custody_keys", &[("0001", include_str!("../migrations/keys_0001.sql"))]);
+pub(crate) const RECORDS: (&str, &[(&str, &str)]) = (
+    "custody_records",
+    &[
+        ("0001", include_str!("../migrations/records_0001.sql")),
+        ("0002", include_str!("../migrations/records_0002.sql")),
+    ],
+);
+pub(crate) const KEYS: (&str, &[(&str, &str)]) = (
+    "custody_keys",
+    &[("0001", include_str!("../migrations/keys_0001.sql")), ("0002", include_str!("../migrations/keys_0002.sql"))],
+);
 pub(crate) const LOG: (&str, &[(&str, &str)]) =
     ("custody_log", &[("0001", include_str!("../migrations/log_0001.sql"))]);
 

@@ -2,7 +2,9 @@
 
 use custody_core::{CollectionName, PrincipalId, PrincipalRecord, RecordId, SubjectId};
 use custody_crypto::BlindIndexTerm;
-use custody_vault::{KeyState, KeyStore, PrincipalStore, RecordStore, StoredRecord, VaultError, WrappedKey};
+use custody_vault::{
+    KeyState, KeyStore, PrincipalStore, RecordStore, Rewrap, RotationState, StoredRecord, VaultError, WrappedKey,
+};
 
 use crate::db::{self, Db, RtHandle};
 use crate::{PgConfig, PgError, PgLogStorage};
@@ -68,10 +70,17 @@ impl RecordStore for PgStore {
             let st = client
                 .prepare_cached("SELECT body FROM custody_records.records WHERE collection = $1 AND id = $2")
                 .await?;
-            Ok(client.query_opt(&st, &[&c, &i]).await?.map(|r| r.get::<_, Vec<u8>>(0)))
+            if let Some(r) = client.query_opt(&st, &[&c, &i]).await? {
+                return Ok(Some(Some(r.get::<_, Vec<u8>>(0))));
+            }
+            let tomb = client
+                .prepare_cached("SELECT 1 FROM custody_records.tombstones WHERE collection = $1 AND id = $2")
+                .await?;
+            Ok(if client.query_opt(&tomb, &[&c, &i]).await?.is_some() { Some(None) } else { None })
         })?;
         match row {
-            Some(b) => Ok(Some(decode(&format!("{collection}/{id}"), &b)?)),
+            Some(Some(b)) => Ok(Some(decode(&format!("{collection}/{id}"), &b)?)),
+            Some(None) => Err(VaultError::Erased(format!("{collection}/{id}"))),
             None => Ok(None),
         }
     }
@@ -91,6 +100,14 @@ impl RecordStore for PgStore {
         let stored = self.records.run(move |pool| async move {
             let mut client = pool.get().await?;
             let tx = client.transaction().await?;
+            if must_be_new {
+                let tomb = tx
+                    .prepare_cached("SELECT 1 FROM custody_records.tombstones WHERE collection = $1 AND id = $2")
+                    .await?;
+                if tx.query_opt(&tomb, &[&c, &i]).await?.is_some() {
+                    return Ok(None);
+                }
+            }
             let sql = if must_be_new {
                 "INSERT INTO custody_records.records (collection, id, subject, body) VALUES ($1, $2, $3, $4)
                  ON CONFLICT DO NOTHING"
@@ -100,7 +117,7 @@ impl RecordStore for PgStore {
             };
             let st = tx.prepare_cached(sql).await?;
             if tx.execute(&st, &[&c, &i, &subject, &body]).await? == 0 {
-                return Ok(false);
+                return Ok(Some(false));
             }
             let del = tx
                 .prepare_cached(
@@ -120,9 +137,13 @@ impl RecordStore for PgStore {
                 tx.execute(&ins, &[&c, f, t, &i]).await?;
             }
             tx.commit().await?;
-            Ok(true)
+            Ok(Some(true))
         })?;
-        if stored { Ok(()) } else { Err(VaultError::AlreadyExists(format!("{collection}/{id}"))) }
+        match stored {
+            Some(true) => Ok(()),
+            Some(false) => Err(VaultError::AlreadyExists(format!("{collection}/{id}"))),
+            None => Err(VaultError::Erased(format!("{collection}/{id}"))),
+        }
     }
 
     fn delete(
@@ -177,6 +198,59 @@ impl RecordStore for PgStore {
         })?;
         ids.into_iter().map(|s| RecordId::new(s).map_err(|_| VaultError::Corrupt("blind index entry".into()))).collect()
     }
+
+    fn subject_records(
+        &self,
+        subject: &SubjectId,
+        limit: usize,
+    ) -> Result<Vec<(CollectionName, RecordId)>, VaultError> {
+        let s = subject.to_string();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.records.run(move |pool| async move {
+            let client = pool.get().await?;
+            let st = client
+                .prepare_cached(
+                    "SELECT collection, id FROM custody_records.records WHERE subject = $1
+                     ORDER BY collection, id LIMIT $2",
+                )
+                .await?;
+            Ok(client
+                .query(&st, &[&s, &limit])
+                .await?
+                .iter()
+                .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+                .collect::<Vec<_>>())
+        })?;
+        let bad = || VaultError::Corrupt("record key".into());
+        rows.into_iter()
+            .map(|(c, i)| Ok((CollectionName::new(c).map_err(|_| bad())?, RecordId::new(i).map_err(|_| bad())?)))
+            .collect()
+    }
+
+    fn tombstone_subject(&self, subject: &SubjectId) -> Result<u64, VaultError> {
+        let s = subject.to_string();
+        Ok(self.records.run(move |pool| async move {
+            let mut client = pool.get().await?;
+            let tx = client.transaction().await?;
+            let gone = tx
+                .query("DELETE FROM custody_records.records WHERE subject = $1 RETURNING collection, id", &[&s])
+                .await?;
+            let ins = tx
+                .prepare_cached(
+                    "INSERT INTO custody_records.tombstones (collection, id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                )
+                .await?;
+            let del =
+                tx.prepare_cached("DELETE FROM custody_records.blind_index WHERE collection = $1 AND id = $2").await?;
+            for row in &gone {
+                let (c, i) = (row.get::<_, String>(0), row.get::<_, String>(1));
+                tx.execute(&ins, &[&c, &i]).await?;
+                tx.execute(&del, &[&c, &i]).await?;
+            }
+            tx.commit().await?;
+            Ok(gone.len() as u64)
+        })?)
+    }
 }
 
 impl KeyStore for PgStore {
@@ -230,6 +304,116 @@ impl KeyStore for PgStore {
             tx.execute("UPDATE custody_keys.subject_keys SET state = $2 WHERE subject = $1", &[&s, &tomb]).await?;
             tx.commit().await?;
             Ok(true)
+        })?)
+    }
+
+    fn subject_keys_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<(String, KeyState)>, VaultError> {
+        let a = after.unwrap_or_default().to_string();
+        let has_after = after.is_some();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.keys.run(move |pool| async move {
+            let client = pool.get().await?;
+            let st = client
+                .prepare_cached(
+                    "SELECT subject, state FROM custody_keys.subject_keys WHERE NOT $1 OR subject > $2
+                     ORDER BY subject LIMIT $3",
+                )
+                .await?;
+            Ok(client
+                .query(&st, &[&has_after, &a, &limit])
+                .await?
+                .iter()
+                .map(|r| (r.get::<_, String>(0), r.get::<_, Vec<u8>>(1)))
+                .collect::<Vec<_>>())
+        })?;
+        rows.into_iter().map(|(s, b)| Ok((s, decode("subject key", &b)?))).collect()
+    }
+
+    fn subject_key_count(&self) -> Result<u64, VaultError> {
+        let n = self.keys.run(move |pool| async move {
+            let client = pool.get().await?;
+            Ok(client.query_one("SELECT count(*) FROM custody_keys.subject_keys", &[]).await?.get::<_, i64>(0))
+        })?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    fn rewrap_subject_keys(&self, batch: &[Rewrap], state: Option<&RotationState>) -> Result<u64, VaultError> {
+        let batch = batch.to_vec();
+        let state = state.cloned();
+        Ok(self.keys.run(move |pool| async move {
+            let mut client = pool.get().await?;
+            let tx = client.transaction().await?;
+            let mut replaced = 0u64;
+            for (subject, old, new) in &batch {
+                let row = tx
+                    .query_opt("SELECT state FROM custody_keys.subject_keys WHERE subject = $1 FOR UPDATE", &[subject])
+                    .await?;
+                let Some(row) = row else { continue };
+                if let KeyState::Active(k) = decode::<KeyState>("subject key", &row.get::<_, Vec<u8>>(0))?
+                    && &k.wrapped == old
+                {
+                    let next = encode(&KeyState::Active(WrappedKey { version: k.version, wrapped: new.clone() }))?;
+                    tx.execute("UPDATE custody_keys.subject_keys SET state = $2 WHERE subject = $1", &[subject, &next])
+                        .await?;
+                    replaced += 1;
+                }
+            }
+            match state {
+                Some(s) => {
+                    let s = encode(&RotationState { rewrapped: s.rewrapped + replaced, ..s })?;
+                    tx.execute(
+                        "INSERT INTO custody_keys.meta (name, body) VALUES ('kek-rotation', $1)
+                         ON CONFLICT (name) DO UPDATE SET body = excluded.body",
+                        &[&s],
+                    )
+                    .await?;
+                }
+                None => {
+                    tx.execute("DELETE FROM custody_keys.meta WHERE name = 'kek-rotation'", &[]).await?;
+                }
+            }
+            tx.commit().await?;
+            Ok(replaced)
+        })?)
+    }
+
+    fn rotation_state(&self) -> Result<Option<RotationState>, VaultError> {
+        let row = self.keys.run(move |pool| async move {
+            let client = pool.get().await?;
+            Ok(client
+                .query_opt("SELECT body FROM custody_keys.meta WHERE name = 'kek-rotation'", &[])
+                .await?
+                .map(|r| r.get::<_, Vec<u8>>(0)))
+        })?;
+        match row {
+            Some(b) => Ok(Some(decode("KEK rotation state", &b)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn system_keys(&self) -> Result<Vec<(String, Vec<u8>)>, VaultError> {
+        Ok(self.keys.run(move |pool| async move {
+            let client = pool.get().await?;
+            Ok(client
+                .query("SELECT name, wrapped FROM custody_keys.system_keys ORDER BY name", &[])
+                .await?
+                .iter()
+                .map(|r| (r.get::<_, String>(0), r.get::<_, Vec<u8>>(1)))
+                .collect::<Vec<_>>())
+        })?)
+    }
+
+    fn replace_system_key(&self, name: &str, old: &[u8], new: &[u8]) -> Result<bool, VaultError> {
+        let (n, o, w) = (name.to_string(), old.to_vec(), new.to_vec());
+        Ok(self.keys.run(move |pool| async move {
+            let client = pool.get().await?;
+            let changed = client
+                .execute(
+                    "UPDATE custody_keys.system_keys SET wrapped = $3 WHERE name = $1 AND wrapped = $2",
+                    &[&n, &o, &w],
+                )
+                .await?;
+            Ok(changed > 0)
         })?)
     }
 

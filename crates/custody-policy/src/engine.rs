@@ -170,7 +170,7 @@ pub struct PolicyEngine {
     boundary: Jurisdiction,
     current: ArcSwap<LoadedPolicies>,
     authorizer: Authorizer,
-    actions: [EntityUid; 4],
+    actions: [EntityUid; 6],
     data_type: EntityTypeName,
 }
 
@@ -214,6 +214,8 @@ impl PolicyEngine {
             uid("Custody::Action", Action::Write.as_str())?,
             uid("Custody::Action", Action::Search.as_str())?,
             uid("Custody::Action", Action::Delete.as_str())?,
+            uid("Custody::Action", Action::Export.as_str())?,
+            uid("Custody::Action", Action::Erase.as_str())?,
         ];
         let data_type = EntityTypeName::from_str("Custody::Data").map_err(|e| PolicyError::Schema(e.to_string()))?;
         Ok(Self {
@@ -386,6 +388,8 @@ impl PolicyEngine {
             Action::Write => &self.actions[1],
             Action::Search => &self.actions[2],
             Action::Delete => &self.actions[3],
+            Action::Export => &self.actions[4],
+            Action::Erase => &self.actions[5],
         };
         let request =
             Request::new(principal.uid.clone(), action_uid.clone(), ruid, context, None).map_err(|e| err(&e))?;

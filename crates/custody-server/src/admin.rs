@@ -1,4 +1,4 @@
-//! Operator operations: principals and policy reloads.
+//! Operator operations: principals, policy reloads and KEK rotation.
 //!
 //! While a server runs it holds the data dir's databases, so the `custody` CLI reaches these
 //! operations through `admin.sock` in the data dir (mode 0600: whoever may read the data dir
@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use custody_core::{
-    IdError, Jurisdiction, LogEntry, PrincipalAttrs, PrincipalEvent, PrincipalId, PrincipalKind, PrincipalRecord,
-    SubjectId,
+    IdError, Jurisdiction, KeyEvent, LogEntry, PrincipalAttrs, PrincipalEvent, PrincipalId, PrincipalKind,
+    PrincipalRecord, SubjectId,
 };
 use custody_vault::{PrincipalStore, VaultError};
 
@@ -251,6 +251,10 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/admin/principals/{id}/revoke", post(revoke))
         .route("/admin/policy/reload", post(reload))
         .merge(crate::deploy::router())
+        .route("/admin/keys/kek", get(kek_status))
+        .route("/admin/keys/kek/rotate", post(kek_begin))
+        .route("/admin/keys/kek/rotate/step", post(kek_step))
+        .route("/admin/keys/kek/rotate/finish", post(kek_finish))
         .with_state(state)
 }
 
@@ -294,4 +298,146 @@ async fn reload(State(s): State<Arc<ServerState>>) -> Result<Json<Reloaded>, Api
         Ok(set) => Ok(Json(Reloaded { policy_set: set.hash().to_string(), policies: set.ids().to_vec() })),
         Err(e) => Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "policy-invalid", "Policy set refused", e)),
     }
+}
+
+/// Where a KEK rotation stands, as the operator API reports it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct KekRotation {
+    /// Whether a rotation is in progress.
+    pub in_progress: bool,
+    /// The KEK version every key moves to (or the current one when none is in progress).
+    pub target: u32,
+    /// Subject keys looked at.
+    pub scanned: u64,
+    /// Subject keys rewrapped.
+    pub rewrapped: u64,
+    /// Subject keys in the store.
+    pub total: u64,
+    /// Every key was looked at: finish the rotation next.
+    pub scanned_all: bool,
+    /// Old KEK versions destroyed when the rotation finished.
+    #[serde(default)]
+    pub retired: Vec<u32>,
+}
+
+/// One rotation step's size.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotationStep {
+    /// Subject keys to look at in this step.
+    pub batch: usize,
+}
+
+fn key_event(s: &ServerState, change: &str, version: u32) -> LogEntry {
+    LogEntry::Key(KeyEvent {
+        v: 1,
+        kind: "key".into(),
+        time: time::OffsetDateTime::now_utc(),
+        change: change.into(),
+        key: "kek".into(),
+        subject: None,
+        version: Some(version),
+        provider: s.guard.vault().provider_name().to_string(),
+    })
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, VaultError> + Send + 'static,
+) -> Result<T, AdminError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| AdminError::Store(VaultError::Storage(e.to_string())))?.map_err(
+        |e| match e {
+            VaultError::Rotation(m) => AdminError::Invalid(m),
+            other => AdminError::Store(other),
+        },
+    )
+}
+
+/// The KEK rotation's state.
+///
+/// # Errors
+/// Store failures.
+pub async fn kek_rotation_status(s: &ServerState) -> Result<KekRotation, AdminError> {
+    let vault = s.guard.vault().clone();
+    let current = vault.kek_rotation()?;
+    Ok(match current {
+        Some(p) => KekRotation {
+            in_progress: true,
+            target: p.target,
+            scanned: p.scanned,
+            rewrapped: p.rewrapped,
+            total: p.total,
+            scanned_all: p.scanned_all,
+            retired: Vec::new(),
+        },
+        None => KekRotation { target: vault.current_kek(), ..KekRotation::default() },
+    })
+}
+
+/// Starts a KEK rotation (a new KEK version becomes current and is logged as `created`), or
+/// resumes the one in progress.
+///
+/// # Errors
+/// Store or provider failures; [`AdminError::Log`] if the new KEK could not be logged.
+pub async fn kek_rotation_begin(s: &ServerState) -> Result<KekRotation, AdminError> {
+    let vault = s.guard.vault().clone();
+    let (target, created) = blocking(move || vault.begin_kek_rotation()).await?;
+    if created {
+        s.guard
+            .log(&key_event(s, "created", target))
+            .await
+            .map_err(|e| AdminError::Log(format!("KEK {target} created, but not logged: {e}")))?;
+        tracing::info!(version = target, "KEK rotation started");
+    }
+    kek_rotation_status(s).await
+}
+
+/// Rewraps the next `batch` subject keys under the new KEK.
+///
+/// # Errors
+/// [`AdminError::Invalid`] when no rotation is in progress; store or provider failures.
+pub async fn kek_rotation_step(s: &ServerState, batch: usize) -> Result<KekRotation, AdminError> {
+    let vault = s.guard.vault().clone();
+    blocking(move || vault.rotate_kek_step(batch.clamp(1, 100_000))).await?;
+    kek_rotation_status(s).await
+}
+
+/// Finishes a rotation whose keys are all rewrapped: logs `rotated` for the new KEK and
+/// `destroyed` for each old one (durably, before anything is destroyed), then destroys the
+/// old KEKs.
+///
+/// # Errors
+/// [`AdminError::Invalid`] when keys remain to be rewrapped; [`AdminError::Log`] (nothing is
+/// destroyed then); store or provider failures.
+pub async fn kek_rotation_finish(s: &ServerState) -> Result<KekRotation, AdminError> {
+    let vault = s.guard.vault().clone();
+    let (target, old) = blocking(move || vault.kek_versions_to_retire()).await?;
+    let log =
+        |e: crate::GuardError| AdminError::Log(format!("the rotation could not be logged, no KEK was destroyed: {e}"));
+    s.guard.log(&key_event(s, "rotated", target)).await.map_err(log)?;
+    for v in &old {
+        s.guard.log(&key_event(s, "destroyed", *v)).await.map_err(log)?;
+    }
+    let vault = s.guard.vault().clone();
+    let retired = blocking(move || vault.finish_kek_rotation()).await?;
+    tracing::info!(version = target, ?retired, "KEK rotation finished");
+    Ok(KekRotation { target, retired, ..kek_rotation_status(s).await? })
+}
+
+async fn kek_status(State(s): State<Arc<ServerState>>) -> Result<Json<KekRotation>, ApiError> {
+    Ok(Json(kek_rotation_status(&s).await?))
+}
+
+async fn kek_begin(State(s): State<Arc<ServerState>>) -> Result<Json<KekRotation>, ApiError> {
+    Ok(Json(kek_rotation_begin(&s).await?))
+}
+
+async fn kek_step(
+    State(s): State<Arc<ServerState>>,
+    ApiJson(step): ApiJson<RotationStep>,
+) -> Result<Json<KekRotation>, ApiError> {
+    Ok(Json(kek_rotation_step(&s, step.batch).await?))
+}
+
+async fn kek_finish(State(s): State<Arc<ServerState>>) -> Result<Json<KekRotation>, ApiError> {
+    Ok(Json(kek_rotation_finish(&s).await?))
 }

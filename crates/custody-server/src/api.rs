@@ -19,8 +19,9 @@ use crate::ApiError;
 use crate::guard::Caller;
 use crate::setup::ServerState;
 use crate::wire::{
-    BatchCreate, BatchGet, BatchWriteResponse, CreateRecord, ListResponse, MAX_CONTEXT_LEN, Problem, ReadResponse,
-    Receipt, RecordView, Search, UpdateRecord, Withheld, WriteResponse,
+    BatchCreate, BatchGet, BatchWriteResponse, CreateRecord, ErasureResponse, ExportLog, ExportedRecord, ListResponse,
+    LoggedEntry, MAX_CONTEXT_LEN, Problem, ReadResponse, Receipt, RecordView, Search, SubjectExport, UpdateRecord,
+    Withheld, WriteResponse,
 };
 
 /// Shared state of every handler.
@@ -158,7 +159,19 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
         title = "custody",
         description = "The trusted-provider data boundary: every access decided by Cedar and recorded before release."
     ),
-    paths(create_record, get_record, update_record, delete_record, batch_get, batch_create, search, healthz, metrics),
+    paths(
+        create_record,
+        get_record,
+        update_record,
+        delete_record,
+        batch_get,
+        batch_create,
+        search,
+        export_subject,
+        erase_subject,
+        healthz,
+        metrics
+    ),
     components(schemas(
         CreateRecord,
         BatchCreate,
@@ -172,7 +185,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
         RecordView,
         Withheld,
         Receipt,
-        Problem
+        Problem,
+        SubjectExport,
+        ExportedRecord,
+        ExportLog,
+        LoggedEntry,
+        ErasureResponse
     ))
 )]
 struct ApiDoc;
@@ -191,6 +209,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/collections/{collection}/batch-get", post(batch_get))
         .route("/v1/collections/{collection}/batch-create", post(batch_create))
         .route("/v1/collections/{collection}/search", post(search))
+        .route("/v1/subjects/{subject}/export", get(export_subject))
+        .route("/v1/subjects/{subject}/erase", post(erase_subject))
         .route("/log/checkpoint", get(log_checkpoint))
         .route("/log/key", get(log_key))
         .route("/v1/deploy/build-key", get(build_key))
@@ -438,6 +458,35 @@ async fn search(
     ApiJson(body): ApiJson<Search>,
 ) -> Result<Json<ListResponse>, ApiError> {
     Ok(Json(s.guard.search(&caller, &collection, &body, &ctx).await?))
+}
+
+/// Exports what custody holds and logged about a subject: every record (decrypted as the
+/// `export` policies permit) and every log entry naming the subject's pseudonym, each with an
+/// inclusion proof against a signed checkpoint. The export itself is logged first.
+#[utoipa::path(get, path = "/v1/subjects/{subject}/export",
+    params(("subject" = String, Path), ("custody-justification" = Option<String>, Header)),
+    responses((status = 200, body = SubjectExport), (status = 401, body = Problem), (status = 403, body = Problem), (status = 503, body = Problem)))]
+async fn export_subject(
+    State(s): State<AppState>,
+    Authed(caller): Authed,
+    Ctx(ctx): Ctx,
+    ApiPath(subject): ApiPath<String>,
+) -> Result<Json<SubjectExport>, ApiError> {
+    Ok(Json(crate::subject::export(&s, &caller, &subject, &ctx).await?))
+}
+
+/// Erases a subject: the erasure is logged, their DEK destroyed, their records tombstoned
+/// and their blind-index entries removed; reads of their records then answer 410.
+#[utoipa::path(post, path = "/v1/subjects/{subject}/erase",
+    params(("subject" = String, Path), ("custody-justification" = Option<String>, Header)),
+    responses((status = 200, body = ErasureResponse), (status = 401, body = Problem), (status = 403, body = Problem), (status = 503, body = Problem)))]
+async fn erase_subject(
+    State(s): State<AppState>,
+    Authed(caller): Authed,
+    Ctx(ctx): Ctx,
+    ApiPath(subject): ApiPath<String>,
+) -> Result<Json<ErasureResponse>, ApiError> {
+    Ok(Json(crate::subject::erase(&s, &caller, &subject, &ctx).await?))
 }
 
 /// Liveness: 200 while the server runs.

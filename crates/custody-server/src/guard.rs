@@ -93,7 +93,7 @@ impl From<VaultError> for GuardError {
 }
 
 /// Decisions already made in one request, keyed by (class, jurisdiction, subject).
-type Memo = HashMap<(DataClass, Jurisdiction, Option<SubjectId>), ClassDecision>;
+pub(crate) type Memo = HashMap<(DataClass, Jurisdiction, Option<SubjectId>), ClassDecision>;
 
 /// The guarded path over a schema, vault, policy engine and audit sink.
 pub struct Guard {
@@ -104,10 +104,10 @@ pub struct Guard {
     metrics: Arc<Metrics>,
 }
 
-struct Outcome {
-    view: RecordView,
-    released: BTreeSet<FieldName>,
-    withheld: BTreeSet<FieldOutcome>,
+pub(crate) struct Outcome {
+    pub(crate) view: RecordView,
+    pub(crate) released: BTreeSet<FieldName>,
+    pub(crate) withheld: BTreeSet<FieldOutcome>,
 }
 
 impl Guard {
@@ -132,12 +132,22 @@ impl Guard {
         &self.vault
     }
 
-    fn collection(&self, name: &str) -> Result<(&CollectionName, &CollectionSchema), GuardError> {
+    /// The policy engine.
+    pub(crate) fn policy(&self) -> &Arc<PolicyEngine> {
+        &self.policy
+    }
+
+    /// The metrics.
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub(crate) fn collection(&self, name: &str) -> Result<(&CollectionName, &CollectionSchema), GuardError> {
         self.schema.collection(name).map_err(|_| GuardError::UnknownCollection(name.chars().take(64).collect()))
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn decide(
+    pub(crate) fn decide(
         &self,
         policies: &LoadedPolicies,
         caller: &Caller,
@@ -165,12 +175,13 @@ impl Guard {
         d
     }
 
-    /// Decides and opens one stored record for reading.
+    /// Decides and opens one stored record for reading (or exporting: `action`).
     #[allow(clippy::too_many_arguments)]
-    fn view(
+    pub(crate) fn view(
         &self,
         policies: &LoadedPolicies,
         caller: &Caller,
+        action: Action,
         cname: &CollectionName,
         coll: &CollectionSchema,
         id: &RecordId,
@@ -187,7 +198,7 @@ impl Guard {
             let d = self.decide(
                 policies,
                 caller,
-                Action::Read,
+                action,
                 cname,
                 &spec.class,
                 &stored.jurisdiction,
@@ -352,7 +363,7 @@ impl Guard {
         let stored = self.vault.load(cname, &id)?;
         let policies = self.policy.current();
         let mut memo = Memo::new();
-        let out = self.view(&policies, caller, cname, coll, &id, &stored, ctx, &mut memo)?;
+        let out = self.view(&policies, caller, Action::Read, cname, coll, &id, &stored, ctx, &mut memo)?;
         let event = self.event(
             &policies,
             caller,
@@ -413,7 +424,7 @@ impl Guard {
         let mut withheld = BTreeSet::new();
         let mut views = Vec::new();
         for (id, stored) in &found {
-            let out = self.view(&policies, caller, cname, coll, id, stored, ctx, &mut memo)?;
+            let out = self.view(&policies, caller, Action::Read, cname, coll, id, stored, ctx, &mut memo)?;
             released.extend(out.released);
             withheld.extend(out.withheld);
             views.push(out.view);
@@ -718,7 +729,7 @@ impl Guard {
     }
 }
 
-fn withheld_wire(w: &FieldOutcome) -> Withheld {
+pub(crate) fn withheld_wire(w: &FieldOutcome) -> Withheld {
     Withheld { field: w.field.to_string(), class: w.class.to_string(), reason: w.reason.clone() }
 }
 

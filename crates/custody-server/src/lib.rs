@@ -18,6 +18,7 @@ pub mod guard;
 pub mod limits;
 pub mod metrics;
 pub mod setup;
+pub mod subject;
 pub mod tls;
 
 pub use custody_api as wire;

@@ -46,6 +46,7 @@ pub const SAMPLE_POLICIES: &[(&str, &str)] = &[
     ("10-engineers.cedar", include_str!("../../../deploy/sample/policies/10-engineers.cedar")),
     ("20-workloads.cedar", include_str!("../../../deploy/sample/policies/20-workloads.cedar")),
     ("30-subjects.cedar", include_str!("../../../deploy/sample/policies/30-subjects.cedar")),
+    ("40-subject-rights.cedar", include_str!("../../../deploy/sample/policies/40-subject-rights.cedar")),
     ("90-boundary.cedar", include_str!("../../../deploy/sample/policies/90-boundary.cedar")),
 ];
 
@@ -301,7 +302,7 @@ impl ServerState {
                 .map_err(|source| SetupError::Schema { path: dirs.schema.display().to_string(), source })?,
         );
         let policy = Arc::new(PolicyEngine::load_dir(cfg.jurisdiction.clone(), &dirs.policies)?);
-        let fresh_keys = !dirs.kek.exists();
+        let fresh_keys = !FileKeyProvider::exists(&dirs.kek);
         let provider = Arc::new(FileKeyProvider::open_or_create(&dirs.kek)?);
         let store = Arc::new(RedbStore::open(&dirs.root, &dirs.keys)?);
         let vault = Arc::new(Vault::new(store.clone(), store.clone(), provider)?);

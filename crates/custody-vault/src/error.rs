@@ -25,6 +25,9 @@ pub enum VaultError {
     /// An update tried to move a record to another subject or jurisdiction.
     #[error("record `{0}` belongs to another subject or jurisdiction")]
     OwnerMismatch(String),
+    /// A KEK rotation step was asked for in the wrong state.
+    #[error("KEK rotation: {0}")]
+    Rotation(String),
     /// The key provider failed.
     #[error("key provider: {0}")]
     Key(#[from] custody_crypto::CryptoError),

@@ -23,6 +23,7 @@ mod vault;
 pub use error::VaultError;
 pub use redb_store::RedbStore;
 pub use store::{
-    KeyState, KeyStore, NewStoredRecord, PrincipalStore, RecordStore, StoredRecord, StoredValue, WrappedKey,
+    KeyState, KeyStore, NewStoredRecord, PrincipalStore, RecordStore, Rewrap, RotationState, StoredRecord, StoredValue,
+    WrappedKey,
 };
-pub use vault::{NewRecord, OpenedRecord, Vault, WriteMode};
+pub use vault::{Erasure, NewRecord, OpenedRecord, RotationProgress, Vault, WriteMode};

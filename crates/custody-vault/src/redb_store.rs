@@ -7,18 +7,28 @@
 
 use std::path::Path;
 
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use custody_core::{CollectionName, PrincipalId, PrincipalRecord, RecordId, SubjectId};
 use custody_crypto::BlindIndexTerm;
 
-use crate::{KeyState, KeyStore, PrincipalStore, RecordStore, StoredRecord, VaultError, WrappedKey};
+use crate::{
+    KeyState, KeyStore, PrincipalStore, RecordStore, Rewrap, RotationState, StoredRecord, VaultError, WrappedKey,
+};
 
 const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
 const INDEX: TableDefinition<&[u8], ()> = TableDefinition::new("blind_index");
 const PRINCIPALS: TableDefinition<&str, &[u8]> = TableDefinition::new("principals");
 const SUBJECT_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("subject_keys");
 const SYSTEM_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("system_keys");
+/// `subject NUL collection NUL id`: the records about each subject, for export and erasure.
+const SUBJECT_INDEX: TableDefinition<&[u8], ()> = TableDefinition::new("subject_index");
+/// Record keys of erased records: reads of them answer "erased", not "not found".
+const TOMBSTONES: TableDefinition<&[u8], ()> = TableDefinition::new("tombstones");
+/// Markers and progress records (`subject-index-v1`, `kek-rotation`).
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const SUBJECT_INDEX_BUILT: &str = "subject-index-v1";
+const KEK_ROTATION: &str = "kek-rotation";
 
 /// Records, index, principals and keys in two redb files.
 #[derive(Debug)]
@@ -30,6 +40,14 @@ pub struct RedbStore {
 fn record_key(collection: &CollectionName, id: &RecordId) -> Vec<u8> {
     // Ids and names never contain NUL (they are validated), so NUL separates unambiguously.
     [collection.as_str().as_bytes(), b"\0", id.as_str().as_bytes()].concat()
+}
+
+fn subject_key(subject: &SubjectId, collection: &CollectionName, id: &RecordId) -> Vec<u8> {
+    [subject.as_str().as_bytes(), b"\0", collection.as_str().as_bytes(), b"\0", id.as_str().as_bytes()].concat()
+}
+
+fn subject_prefix(subject: &SubjectId) -> Vec<u8> {
+    [subject.as_str().as_bytes(), b"\0"].concat()
 }
 
 fn index_prefix(collection: &CollectionName, field: &str, term: &BlindIndexTerm) -> Vec<u8> {
@@ -52,13 +70,37 @@ impl RedbStore {
         w.open_table(RECORDS)?;
         w.open_table(INDEX)?;
         w.open_table(PRINCIPALS)?;
+        w.open_table(TOMBSTONES)?;
+        {
+            // Data dirs from before the subject index get it built once, here.
+            let mut meta = w.open_table(META)?;
+            if meta.get(SUBJECT_INDEX_BUILT)?.is_none() {
+                let t = w.open_table(RECORDS)?;
+                let mut sx = w.open_table(SUBJECT_INDEX)?;
+                for entry in t.iter()? {
+                    let (k, v) = entry?;
+                    let r: StoredRecord = decode("record", v.value())?;
+                    let key = [r.subject.as_str().as_bytes(), b"\0", k.value()].concat();
+                    sx.insert(key.as_slice(), ())?;
+                }
+                meta.insert(SUBJECT_INDEX_BUILT, [1u8].as_slice())?;
+            }
+        }
         w.commit()?;
         let w = keys.begin_write()?;
         w.open_table(SUBJECT_KEYS)?;
         w.open_table(SYSTEM_KEYS)?;
+        w.open_table(META)?;
         w.commit()?;
         Ok(Self { records, keys })
     }
+}
+
+fn parse_record_key(key: &[u8]) -> Result<(CollectionName, RecordId), VaultError> {
+    let bad = || VaultError::Corrupt("subject index entry".into());
+    let text = std::str::from_utf8(key).map_err(|_| bad())?;
+    let (c, i) = text.split_once('\0').ok_or_else(bad)?;
+    Ok((CollectionName::new(c).map_err(|_| bad())?, RecordId::new(i).map_err(|_| bad())?))
 }
 
 fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, VaultError> {
@@ -73,8 +115,12 @@ impl RecordStore for RedbStore {
     fn get(&self, collection: &CollectionName, id: &RecordId) -> Result<Option<StoredRecord>, VaultError> {
         let r = self.records.begin_read()?;
         let t = r.open_table(RECORDS)?;
-        match t.get(record_key(collection, id).as_slice())? {
+        let key = record_key(collection, id);
+        match t.get(key.as_slice())? {
             Some(v) => Ok(Some(decode(&format!("{collection}/{id}"), v.value())?)),
+            None if r.open_table(TOMBSTONES)?.get(key.as_slice())?.is_some() => {
+                Err(VaultError::Erased(format!("{collection}/{id}")))
+            }
             None => Ok(None),
         }
     }
@@ -96,7 +142,11 @@ impl RecordStore for RedbStore {
             if must_be_new && t.get(key.as_slice())?.is_some() {
                 return Err(VaultError::AlreadyExists(format!("{collection}/{id}")));
             }
+            if must_be_new && w.open_table(TOMBSTONES)?.get(key.as_slice())?.is_some() {
+                return Err(VaultError::Erased(format!("{collection}/{id}")));
+            }
             t.insert(key.as_slice(), bytes.as_slice())?;
+            w.open_table(SUBJECT_INDEX)?.insert(subject_key(&record.subject, collection, id).as_slice(), ())?;
             let mut ix = w.open_table(INDEX)?;
             for (field, term) in index_remove {
                 let k = [index_prefix(collection, field, term), id.as_str().as_bytes().to_vec()].concat();
@@ -144,7 +194,14 @@ impl RecordStore for RedbStore {
         let w = self.records.begin_write()?;
         let existed = {
             let mut t = w.open_table(RECORDS)?;
-            let existed = t.remove(record_key(collection, id).as_slice())?.is_some();
+            let removed = match t.remove(record_key(collection, id).as_slice())? {
+                Some(v) => Some(decode::<StoredRecord>(&format!("{collection}/{id}"), v.value())?),
+                None => None,
+            };
+            let existed = removed.is_some();
+            if let Some(r) = removed {
+                w.open_table(SUBJECT_INDEX)?.remove(subject_key(&r.subject, collection, id).as_slice())?;
+            }
             let mut ix = w.open_table(INDEX)?;
             for (field, term) in index_remove {
                 let k = [index_prefix(collection, field, term), id.as_str().as_bytes().to_vec()].concat();
@@ -154,6 +211,65 @@ impl RecordStore for RedbStore {
         };
         w.commit()?;
         Ok(existed)
+    }
+
+    fn subject_records(
+        &self,
+        subject: &SubjectId,
+        limit: usize,
+    ) -> Result<Vec<(CollectionName, RecordId)>, VaultError> {
+        let prefix = subject_prefix(subject);
+        let mut end = prefix.clone();
+        if let Some(last) = end.last_mut() {
+            *last = 1;
+        }
+        let r = self.records.begin_read()?;
+        let t = r.open_table(SUBJECT_INDEX)?;
+        let mut out = Vec::new();
+        for entry in t.range(prefix.as_slice()..end.as_slice())? {
+            let (k, _) = entry?;
+            let rest = k.value().get(prefix.len()..).unwrap_or_default();
+            out.push(parse_record_key(rest)?);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn tombstone_subject(&self, subject: &SubjectId) -> Result<u64, VaultError> {
+        let prefix = subject_prefix(subject);
+        let mut end = prefix.clone();
+        if let Some(last) = end.last_mut() {
+            *last = 1;
+        }
+        let w = self.records.begin_write()?;
+        let mut count = 0;
+        {
+            let mut sx = w.open_table(SUBJECT_INDEX)?;
+            let mut keys = Vec::new();
+            for entry in sx.range(prefix.as_slice()..end.as_slice())? {
+                keys.push(entry?.0.value().to_vec());
+            }
+            let mut t = w.open_table(RECORDS)?;
+            let mut ix = w.open_table(INDEX)?;
+            let mut tombs = w.open_table(TOMBSTONES)?;
+            for key in keys {
+                sx.remove(key.as_slice())?;
+                let rkey = key.get(prefix.len()..).unwrap_or_default();
+                let (collection, id) = parse_record_key(rkey)?;
+                let Some(stored) = t.remove(rkey)?.map(|v| v.value().to_vec()) else { continue };
+                let r: StoredRecord = decode(&format!("{collection}/{id}"), &stored)?;
+                for (field, term) in &r.terms {
+                    let k = [index_prefix(&collection, field, term), id.as_str().as_bytes().to_vec()].concat();
+                    ix.remove(k.as_slice())?;
+                }
+                tombs.insert(rkey, ())?;
+                count += 1;
+            }
+        }
+        w.commit()?;
+        Ok(count)
     }
 
     fn search(
@@ -259,6 +375,93 @@ impl KeyStore for RedbStore {
         };
         w.commit()?;
         Ok(destroyed)
+    }
+
+    fn subject_keys_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<(String, KeyState)>, VaultError> {
+        let r = self.keys.begin_read()?;
+        let t = r.open_table(SUBJECT_KEYS)?;
+        let range = match after {
+            Some(a) => t.range::<&str>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))?,
+            None => t.range::<&str>(..)?,
+        };
+        let mut out = Vec::new();
+        for entry in range.take(limit) {
+            let (k, v) = entry?;
+            out.push((k.value().to_string(), decode("subject key", v.value())?));
+        }
+        Ok(out)
+    }
+
+    fn subject_key_count(&self) -> Result<u64, VaultError> {
+        let r = self.keys.begin_read()?;
+        Ok(r.open_table(SUBJECT_KEYS)?.len()?)
+    }
+
+    fn rewrap_subject_keys(&self, batch: &[Rewrap], state: Option<&RotationState>) -> Result<u64, VaultError> {
+        let w = self.keys.begin_write()?;
+        let mut replaced = 0;
+        {
+            let mut t = w.open_table(SUBJECT_KEYS)?;
+            for (subject, old, new) in batch {
+                let current = match t.get(subject.as_str())? {
+                    Some(v) => Some(decode::<KeyState>("subject key", v.value())?),
+                    None => None,
+                };
+                if let Some(KeyState::Active(k)) = current
+                    && &k.wrapped == old
+                {
+                    let next = KeyState::Active(WrappedKey { version: k.version, wrapped: new.clone() });
+                    t.insert(subject.as_str(), encode(&next)?.as_slice())?;
+                    replaced += 1;
+                }
+            }
+            let mut meta = w.open_table(META)?;
+            match state {
+                Some(s) => {
+                    let s = RotationState { rewrapped: s.rewrapped + replaced, ..s.clone() };
+                    meta.insert(KEK_ROTATION, encode(&s)?.as_slice())?;
+                }
+                None => {
+                    meta.remove(KEK_ROTATION)?;
+                }
+            }
+        }
+        w.commit()?;
+        Ok(replaced)
+    }
+
+    fn rotation_state(&self) -> Result<Option<RotationState>, VaultError> {
+        let r = self.keys.begin_read()?;
+        let t = r.open_table(META)?;
+        match t.get(KEK_ROTATION)? {
+            Some(v) => Ok(Some(decode("KEK rotation state", v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn system_keys(&self) -> Result<Vec<(String, Vec<u8>)>, VaultError> {
+        let r = self.keys.begin_read()?;
+        let t = r.open_table(SYSTEM_KEYS)?;
+        let mut out = Vec::new();
+        for entry in t.iter()? {
+            let (k, v) = entry?;
+            out.push((k.value().to_string(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn replace_system_key(&self, name: &str, old: &[u8], new: &[u8]) -> Result<bool, VaultError> {
+        let w = self.keys.begin_write()?;
+        let replaced = {
+            let mut t = w.open_table(SYSTEM_KEYS)?;
+            let same = t.get(name)?.is_some_and(|v| v.value() == old);
+            if same {
+                t.insert(name, new)?;
+            }
+            same
+        };
+        w.commit()?;
+        Ok(replaced)
     }
 
     fn system_key(&self, name: &str) -> Result<Option<Vec<u8>>, VaultError> {

@@ -58,19 +58,40 @@ pub enum KeyState {
 /// A record to create in bulk: its id, the stored record, and its blind-index entries.
 pub type NewStoredRecord = (RecordId, StoredRecord, Vec<(String, BlindIndexTerm)>);
 
+/// One rewrap of a KEK rotation: the subject, its wrapped DEK as read, and the same DEK
+/// wrapped under the new KEK.
+pub type Rewrap = (String, Vec<u8>, Vec<u8>);
+
+/// Progress of a KEK rotation, stored in the key store so an interrupted rotation resumes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotationState {
+    /// The KEK version every wrapped key is moved to.
+    pub target: u32,
+    /// The last subject whose key was handled; the scan resumes after it.
+    pub cursor: Option<String>,
+    /// Subject keys looked at so far.
+    pub scanned: u64,
+    /// Subject keys rewrapped so far.
+    pub rewrapped: u64,
+    /// The scan reached the last subject; what remains is verifying and retiring old KEKs.
+    pub scanned_all: bool,
+}
+
 /// Record storage: opaque stored records plus blind-index entries.
 pub trait RecordStore: Send + Sync {
     /// One record.
     ///
     /// # Errors
-    /// [`VaultError::Storage`] or [`VaultError::Corrupt`].
+    /// [`VaultError::Erased`] for a tombstoned record, [`VaultError::Storage`] or
+    /// [`VaultError::Corrupt`].
     fn get(&self, collection: &CollectionName, id: &RecordId) -> Result<Option<StoredRecord>, VaultError>;
 
     /// Writes a record and adjusts its index entries in one durable transaction.
-    /// With `must_be_new`, fails with [`VaultError::AlreadyExists`] if the id is taken.
+    /// With `must_be_new`, fails with [`VaultError::AlreadyExists`] if the id is taken, or
+    /// [`VaultError::Erased`] if it names a tombstone.
     ///
     /// # Errors
-    /// [`VaultError::Storage`] or [`VaultError::AlreadyExists`].
+    /// [`VaultError::Storage`], [`VaultError::AlreadyExists`] or [`VaultError::Erased`].
     fn put(
         &self,
         collection: &CollectionName,
@@ -105,6 +126,22 @@ pub trait RecordStore: Send + Sync {
         id: &RecordId,
         index_remove: &[(String, BlindIndexTerm)],
     ) -> Result<bool, VaultError>;
+
+    /// The records about `subject`, as `(collection, id)`, at most `limit`. Tombstoned
+    /// records are not listed.
+    ///
+    /// # Errors
+    /// [`VaultError::Storage`] or [`VaultError::Corrupt`].
+    fn subject_records(&self, subject: &SubjectId, limit: usize)
+    -> Result<Vec<(CollectionName, RecordId)>, VaultError>;
+
+    /// Replaces every record about `subject` by a tombstone (which keeps no field, term or
+    /// subject) and removes their blind-index entries, in one durable transaction. Returns
+    /// how many records were tombstoned; zero when run again.
+    ///
+    /// # Errors
+    /// [`VaultError::Storage`] or [`VaultError::Corrupt`].
+    fn tombstone_subject(&self, subject: &SubjectId) -> Result<u64, VaultError>;
 
     /// Ids of records whose `field` has index term `term`, at most `limit`.
     ///
@@ -147,6 +184,46 @@ pub trait KeyStore: Send + Sync {
     /// # Errors
     /// [`VaultError::Storage`].
     fn destroy_subject_key(&self, subject: &SubjectId) -> Result<bool, VaultError>;
+
+    /// Up to `limit` subject key states after the subject `after` (exclusive), in id order:
+    /// the scan a KEK rotation makes.
+    ///
+    /// # Errors
+    /// [`VaultError::Storage`] or [`VaultError::Corrupt`].
+    fn subject_keys_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<(String, KeyState)>, VaultError>;
+
+    /// How many subjects have a key state (live or destroyed).
+    ///
+    /// # Errors
+    /// [`VaultError::Storage`].
+    fn subject_key_count(&self) -> Result<u64, VaultError>;
+
+    /// One durable step of a KEK rotation: each `(subject, old, new)` replaces the subject's
+    /// wrapped key only if it still is `old` (a key destroyed or rewrapped meanwhile is left
+    /// alone), and `state` is stored with it, its `rewrapped` increased by the number of
+    /// keys replaced (`None` clears the progress). Returns how many keys were replaced.
+    ///
+    /// # Errors
+    /// [`VaultError::Storage`] or [`VaultError::Corrupt`].
+    fn rewrap_subject_keys(&self, batch: &[Rewrap], state: Option<&RotationState>) -> Result<u64, VaultError>;
+
+    /// The KEK rotation in progress, if any.
+    ///
+    /// # Errors
+    /// [`VaultError::Storage`] or [`VaultError::Corrupt`].
+    fn rotation_state(&self) -> Result<Option<RotationState>, VaultError>;
+
+    /// Every deployment-wide wrapped key, by name.
+    ///
+    /// # Errors
+    /// [`VaultError::Storage`].
+    fn system_keys(&self) -> Result<Vec<(String, Vec<u8>)>, VaultError>;
+
+    /// Replaces a deployment-wide wrapped key if it still is `old`.
+    ///
+    /// # Errors
+    /// [`VaultError::Storage`].
+    fn replace_system_key(&self, name: &str, old: &[u8], new: &[u8]) -> Result<bool, VaultError>;
 
     /// A deployment-wide wrapped key by name (blind-index key, pseudonym key).
     ///

@@ -1,7 +1,7 @@
 //! The vault: sealing on write, selective opening on read, crypto-shredding.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use serde_json::Value;
 
@@ -10,7 +10,9 @@ use custody_crypto::{
     BlindIndexKey, BlindIndexTerm, DataKey, FieldContext, KeyProvider, KeyVersion, PseudonymKey, open_field, seal_field,
 };
 
-use crate::{KeyState, KeyStore, RecordStore, StoredRecord, StoredValue, VaultError, WrappedKey};
+use crate::{
+    KeyState, KeyStore, RecordStore, Rewrap, RotationState, StoredRecord, StoredValue, VaultError, WrappedKey,
+};
 
 /// Whether a write creates a record or updates an existing one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +46,31 @@ pub struct OpenedRecord {
     pub fields: BTreeMap<FieldName, Value>,
 }
 
+/// What an erasure did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Erasure {
+    /// The version of the DEK this call destroyed; `None` if the subject had no live key
+    /// (never had data, or was already erased).
+    pub destroyed_key: Option<u32>,
+    /// Records this call tombstoned.
+    pub tombstoned: u64,
+}
+
+/// Where a KEK rotation stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotationProgress {
+    /// The KEK version keys are moved to.
+    pub target: u32,
+    /// Subject keys looked at.
+    pub scanned: u64,
+    /// Subject keys rewrapped.
+    pub rewrapped: u64,
+    /// Subject keys in the store (live and destroyed).
+    pub total: u64,
+    /// Every subject key was looked at: the rotation can be finished.
+    pub scanned_all: bool,
+}
+
 /// Encrypted records over a record store and a key store.
 pub struct Vault {
     records: Arc<dyn RecordStore>,
@@ -51,6 +78,12 @@ pub struct Vault {
     provider: Arc<dyn KeyProvider>,
     index_key: BlindIndexKey,
     pseudonyms: PseudonymKey,
+    /// Held shared while a new DEK is wrapped and stored, exclusively while a rotation
+    /// switches KEKs or checks that no key is left under an old one: no DEK wrapped under
+    /// an old KEK can land in the store after that check.
+    wrap_gate: RwLock<()>,
+    /// One rotation step at a time.
+    rotation: Mutex<()>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -63,8 +96,12 @@ fn dek_context(subject: &SubjectId, version: u32) -> Vec<u8> {
     [b"dek\0".as_slice(), subject.as_str().as_bytes(), b"\0", &version.to_be_bytes()].concat()
 }
 
+fn system_context(name: &str) -> Vec<u8> {
+    [b"system\0".as_slice(), name.as_bytes()].concat()
+}
+
 fn system_key(keys: &dyn KeyStore, provider: &dyn KeyProvider, name: &str) -> Result<[u8; 32], VaultError> {
-    let ctx = [b"system\0".as_slice(), name.as_bytes()].concat();
+    let ctx = system_context(name);
     let wrapped = match keys.system_key(name)? {
         Some(w) => w,
         None => keys.insert_system_key(name, &provider.wrap(&ctx, &DataKey::generate())?)?,
@@ -86,7 +123,15 @@ impl Vault {
     ) -> Result<Self, VaultError> {
         let index_key = BlindIndexKey::from_bytes(system_key(keys.as_ref(), provider.as_ref(), "blind-index")?);
         let pseudonyms = PseudonymKey::from_bytes(system_key(keys.as_ref(), provider.as_ref(), "pseudonym")?);
-        Ok(Self { records, keys, provider, index_key, pseudonyms })
+        Ok(Self {
+            records,
+            keys,
+            provider,
+            index_key,
+            pseudonyms,
+            wrap_gate: RwLock::new(()),
+            rotation: Mutex::new(()),
+        })
     }
 
     /// The key that turns ids into the pseudonyms events carry.
@@ -110,6 +155,7 @@ impl Vault {
         let state = match self.keys.subject_key(subject)? {
             Some(s) => s,
             None if create => {
+                let _gate = self.wrap_gate.read().unwrap_or_else(PoisonError::into_inner);
                 let version = 1;
                 let wrapped = self.provider.wrap(&dek_context(subject, version), &DataKey::generate())?;
                 let key = WrappedKey { version, wrapped };
@@ -294,6 +340,11 @@ impl Vault {
         Ok(out)
     }
 
+    /// The KEK version new keys are wrapped under.
+    pub fn current_kek(&self) -> u32 {
+        self.provider.current_kek()
+    }
+
     /// The key provider's name (`file`, `pkcs11`), for key events.
     pub fn provider_name(&self) -> &str {
         self.provider.name()
@@ -394,6 +445,188 @@ impl Vault {
     /// Storage failures.
     pub fn destroy_subject_key(&self, subject: &SubjectId) -> Result<bool, VaultError> {
         self.keys.destroy_subject_key(subject)
+    }
+
+    /// Whether the subject was erased (their key destroyed).
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn subject_erased(&self, subject: &SubjectId) -> Result<bool, VaultError> {
+        Ok(matches!(self.keys.subject_key(subject)?, Some(KeyState::Destroyed { .. })))
+    }
+
+    /// The records about `subject`, at most `limit`, for an export.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn subject_records(
+        &self,
+        subject: &SubjectId,
+        limit: usize,
+    ) -> Result<Vec<(CollectionName, RecordId)>, VaultError> {
+        self.records.subject_records(subject, limit)
+    }
+
+    /// Erases a subject: destroys their DEK in the key store (durably; from then on nothing
+    /// sealed under it opens, in this record storage or any copy of it), then tombstones
+    /// their records and drops their blind-index entries. Idempotent: running it again
+    /// after a crash between the two steps finishes the job.
+    ///
+    /// # Errors
+    /// Storage failures; the steps already committed stay done.
+    pub fn erase_subject(&self, subject: &SubjectId) -> Result<Erasure, VaultError> {
+        let live = match self.keys.subject_key(subject)? {
+            Some(KeyState::Active(k)) => Some(k.version),
+            _ => None,
+        };
+        let destroyed = self.keys.destroy_subject_key(subject)?;
+        let tombstoned = self.records.tombstone_subject(subject)?;
+        Ok(Erasure { destroyed_key: live.filter(|_| destroyed), tombstoned })
+    }
+
+    /// The KEK rotation in progress, if any.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn kek_rotation(&self) -> Result<Option<RotationProgress>, VaultError> {
+        let total = self.keys.subject_key_count()?;
+        Ok(self.keys.rotation_state()?.map(|s| progress(&s, total)))
+    }
+
+    /// Starts a KEK rotation, or resumes the one in progress: makes a new KEK current (new
+    /// DEKs are wrapped under it from now on) and rewraps the system keys. Returns the
+    /// target version and whether this call created it.
+    ///
+    /// # Errors
+    /// Provider or storage failures.
+    pub fn begin_kek_rotation(&self) -> Result<(u32, bool), VaultError> {
+        let _step = self.rotation.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(s) = self.keys.rotation_state()? {
+            return Ok((s.target, false));
+        }
+        let (target, created) = {
+            let _gate = self.wrap_gate.write().unwrap_or_else(PoisonError::into_inner);
+            if self.provider.kek_versions().len() > 1 {
+                // A rotation that crashed before recording its state: resume towards the newest KEK.
+                (self.provider.current_kek(), false)
+            } else {
+                (self.provider.new_kek()?, true)
+            }
+        };
+        self.rewrap_system_keys(target)?;
+        let state = RotationState { target, cursor: None, scanned: 0, rewrapped: 0, scanned_all: false };
+        self.keys.rewrap_subject_keys(&[], Some(&state))?;
+        Ok((target, created))
+    }
+
+    fn rewrap_system_keys(&self, target: u32) -> Result<(), VaultError> {
+        for (name, wrapped) in self.keys.system_keys()? {
+            if self.provider.kek_of(&wrapped)? != target {
+                let new = self.provider.rewrap(&system_context(&name), &wrapped)?;
+                self.keys.replace_system_key(&name, &wrapped, &new)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rewraps the next `batch` subject keys under the target KEK, durably with the
+    /// rotation's progress, so an interrupted rotation resumes where it stopped.
+    ///
+    /// # Errors
+    /// [`VaultError::Rotation`] if no rotation is in progress; provider or storage failures
+    /// (the batch is then not applied and can be retried).
+    pub fn rotate_kek_step(&self, batch: usize) -> Result<RotationProgress, VaultError> {
+        let _step = self.rotation.lock().unwrap_or_else(PoisonError::into_inner);
+        let state = self.keys.rotation_state()?.ok_or_else(no_rotation)?;
+        let total = self.keys.subject_key_count()?;
+        if state.scanned_all {
+            return Ok(progress(&state, total));
+        }
+        let page = self.keys.subject_keys_after(state.cursor.as_deref(), batch.max(1))?;
+        let work = self.rewrap_page(&page, state.target)?;
+        let next = RotationState {
+            target: state.target,
+            cursor: page.last().map(|(s, _)| s.clone()).or(state.cursor),
+            scanned: state.scanned + page.len() as u64,
+            rewrapped: state.rewrapped,
+            scanned_all: page.len() < batch.max(1),
+        };
+        let replaced = self.keys.rewrap_subject_keys(&work, Some(&next))?;
+        Ok(progress(&RotationState { rewrapped: next.rewrapped + replaced, ..next }, total))
+    }
+
+    fn rewrap_page(&self, page: &[(String, KeyState)], target: u32) -> Result<Vec<Rewrap>, VaultError> {
+        let mut work = Vec::new();
+        for (subject, state) in page {
+            let KeyState::Active(k) = state else { continue };
+            if self.provider.kek_of(&k.wrapped)? == target {
+                continue;
+            }
+            let sid = SubjectId::new(subject).map_err(|_| VaultError::Corrupt(format!("subject key `{subject}`")))?;
+            let new = self.provider.rewrap(&dek_context(&sid, k.version), &k.wrapped)?;
+            work.push((subject.clone(), k.wrapped.clone(), new));
+        }
+        Ok(work)
+    }
+
+    /// The KEK versions a finished rotation will destroy (all but the target), so they can
+    /// be logged before [`Vault::finish_kek_rotation`] destroys them.
+    ///
+    /// # Errors
+    /// [`VaultError::Rotation`] unless a rotation has scanned every key.
+    pub fn kek_versions_to_retire(&self) -> Result<(u32, Vec<u32>), VaultError> {
+        let state = self.keys.rotation_state()?.ok_or_else(no_rotation)?;
+        if !state.scanned_all {
+            return Err(VaultError::Rotation("not every key is rewrapped yet".into()));
+        }
+        let old = self.provider.kek_versions().into_iter().filter(|v| *v != state.target).collect();
+        Ok((state.target, old))
+    }
+
+    /// Finishes a rotation: with new DEKs held back, checks every wrapped key (rewrapping any
+    /// left under an old KEK), then destroys the old KEK versions and clears the progress.
+    /// Returns the versions destroyed.
+    ///
+    /// # Errors
+    /// [`VaultError::Rotation`] unless every key was scanned; provider or storage failures
+    /// (no KEK is destroyed then).
+    pub fn finish_kek_rotation(&self) -> Result<Vec<u32>, VaultError> {
+        let _step = self.rotation.lock().unwrap_or_else(PoisonError::into_inner);
+        let (target, old) = self.kek_versions_to_retire()?;
+        let _gate = self.wrap_gate.write().unwrap_or_else(PoisonError::into_inner);
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = self.keys.subject_keys_after(cursor.as_deref(), 4096)?;
+            let work = self.rewrap_page(&page, target)?;
+            if !work.is_empty() {
+                let state = self.keys.rotation_state()?;
+                self.keys.rewrap_subject_keys(&work, state.as_ref())?;
+            }
+            if page.len() < 4096 {
+                break;
+            }
+            cursor = page.last().map(|(s, _)| s.clone());
+        }
+        self.rewrap_system_keys(target)?;
+        for v in &old {
+            self.provider.destroy_kek(*v)?;
+        }
+        self.keys.rewrap_subject_keys(&[], None)?;
+        Ok(old)
+    }
+}
+
+fn no_rotation() -> VaultError {
+    VaultError::Rotation("no KEK rotation is in progress".into())
+}
+
+fn progress(s: &RotationState, total: u64) -> RotationProgress {
+    RotationProgress {
+        target: s.target,
+        scanned: s.scanned,
+        rewrapped: s.rewrapped,
+        total: total.max(s.scanned),
+        scanned_all: s.scanned_all,
     }
 }
 
@@ -560,5 +793,80 @@ searchable = true
         let raw = std::fs::read(f._dir.path().join("records.redb")).unwrap();
         assert!(!raw.windows(12).any(|w| w == b"canary-9d1f@"));
         assert!(raw.windows(4).any(|w| w == b"h-r1"), "public values are stored in the clear");
+    }
+
+    #[test]
+    fn erasure_tombstones_records_and_drops_index_entries() {
+        let f = fixture();
+        put(&f, "r1", "s1", "a@x");
+        put(&f, "r2", "s1", "b@x");
+        put(&f, "r3", "s2", "a@x");
+        let s1 = SubjectId::new("s1").unwrap();
+        assert_eq!(f.vault.subject_records(&s1, 10).unwrap().len(), 2);
+        let e = f.vault.erase_subject(&s1).unwrap();
+        assert_eq!(e, Erasure { destroyed_key: Some(1), tombstoned: 2 });
+        assert!(matches!(open_all(&f, "r1"), Err(VaultError::Erased(_))));
+        let (c, r1) = ids("profiles", "r1");
+        assert!(matches!(f.vault.load(&c, &r1), Err(VaultError::Erased(_))), "a tombstone answers erased");
+        let email = FieldName::new("email").unwrap();
+        assert_eq!(f.vault.search(&c, &email, &"a@x".into(), 10).unwrap(), vec![RecordId::new("r3").unwrap()]);
+        assert!(f.vault.subject_records(&s1, 10).unwrap().is_empty());
+        assert_eq!(f.vault.erase_subject(&s1).unwrap(), Erasure { destroyed_key: None, tombstoned: 0 });
+        assert_eq!(open_all(&f, "r3").unwrap().fields.len(), 3);
+    }
+
+    #[test]
+    fn kek_rotation_rewraps_every_key_and_retires_the_old_kek() {
+        let f = fixture();
+        for i in 0..25 {
+            put(&f, &format!("r{i}"), &format!("s{i}"), "a@x");
+        }
+        f.vault.erase_subject(&SubjectId::new("s3").unwrap()).unwrap();
+        let (target, created) = f.vault.begin_kek_rotation().unwrap();
+        assert_eq!((target, created), (2, true));
+        assert_eq!(f.vault.begin_kek_rotation().unwrap(), (2, false), "a second start resumes");
+        put(&f, "late", "s-late", "l@x");
+        let mut p = f.vault.rotate_kek_step(10).unwrap();
+        while !p.scanned_all {
+            p = f.vault.rotate_kek_step(10).unwrap();
+        }
+        assert_eq!(p.scanned, 26);
+        assert_eq!(p.rewrapped, 24);
+        assert_eq!(f.vault.finish_kek_rotation().unwrap(), vec![1]);
+        assert!(f.vault.kek_rotation().unwrap().is_none());
+        for i in (0..25).filter(|i| *i != 3) {
+            assert_eq!(open_all(&f, &format!("r{i}")).unwrap().fields.len(), 3);
+        }
+        assert_eq!(open_all(&f, "late").unwrap().fields.len(), 3);
+        let c = CollectionName::new("profiles").unwrap();
+        let email = FieldName::new("email").unwrap();
+        assert_eq!(f.vault.search(&c, &email, &"a@x".into(), 100).unwrap().len(), 24, "the index key was rewrapped");
+    }
+
+    #[test]
+    fn an_interrupted_rotation_resumes_after_a_restart() {
+        let f = fixture();
+        for i in 0..12 {
+            put(&f, &format!("r{i}"), &format!("s{i}"), "a@x");
+        }
+        f.vault.begin_kek_rotation().unwrap();
+        let p = f.vault.rotate_kek_step(5).unwrap();
+        assert_eq!((p.scanned, p.rewrapped, p.scanned_all), (5, 5, false));
+        assert!(f.vault.finish_kek_rotation().is_err(), "not every key is rewrapped yet");
+        // A restart: a new provider and vault over the same files.
+        let provider = Arc::new(FileKeyProvider::open(&f._dir.path().join("keys/kek")).unwrap());
+        assert_eq!(provider.kek_versions(), vec![1, 2]);
+        let vault = Vault::new(f.store.clone(), f.store.clone(), provider).unwrap();
+        assert_eq!(vault.begin_kek_rotation().unwrap(), (2, false));
+        let mut p = vault.rotate_kek_step(5).unwrap();
+        assert_eq!(p.scanned, 10, "resumed after the cursor");
+        while !p.scanned_all {
+            p = vault.rotate_kek_step(5).unwrap();
+        }
+        assert_eq!(p.rewrapped, 12);
+        assert_eq!(vault.finish_kek_rotation().unwrap(), vec![1]);
+        let (c, r) = ids("profiles", "r11");
+        let rec = vault.load(&c, &r).unwrap();
+        assert_eq!(vault.open(&f.schema, &c, &r, &rec, |_| true).unwrap().fields.len(), 3);
     }
 }

@@ -53,6 +53,12 @@ enum Command {
     /// Check and reload Cedar policy sets
     #[command(subcommand)]
     Policy(cmd::policy::PolicyCmd),
+    /// Subject rights: export everything about a subject, or erase them
+    #[command(subcommand)]
+    Subject(cmd::subject::SubjectCmd),
+    /// Key custody: KEK status and rotation
+    #[command(subcommand)]
+    Keys(cmd::keys::KeysCmd),
     /// Measure guarded vs unguarded reads over loopback HTTP
     Bench(cmd::bench::BenchArgs),
     /// Review commits for trusted deployment (reviewer keys, approvals)
@@ -85,6 +91,8 @@ fn main() -> std::process::ExitCode {
         Command::Init => cmd::serve::init(&settings, cli.format),
         Command::Principal(c) => cmd::principal::run(&settings, cli.format, c),
         Command::Policy(c) => cmd::policy::run(&settings, cli.format, c),
+        Command::Subject(c) => cmd::subject::run(&settings, cli.format, c),
+        Command::Keys(c) => cmd::keys::run(&settings, cli.format, c),
         Command::Bench(a) => cmd::bench::run(&settings, cli.format, a),
         Command::Review(c) => cmd::deploy::review(&settings, cli.format, c),
         Command::Build(a) => cmd::deploy::build_cmd(&settings, cli.format, a),

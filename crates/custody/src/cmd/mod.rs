@@ -3,9 +3,11 @@
 pub(crate) mod bench;
 pub(crate) mod demo;
 pub(crate) mod deploy;
+pub(crate) mod keys;
 pub(crate) mod policy;
 pub(crate) mod principal;
 pub(crate) mod serve;
+pub(crate) mod subject;
 pub(crate) mod tls;
 
 /// A multi-threaded runtime for one command.
