@@ -16,6 +16,7 @@ pub mod error;
 pub mod guard;
 pub mod metrics;
 pub mod setup;
+pub mod witness;
 
 pub use custody_api as wire;
 pub use error::ApiError;

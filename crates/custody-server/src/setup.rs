@@ -84,6 +84,9 @@ pub enum SetupError {
     /// The transparency log could not be opened (damaged, tampered, or misconfigured).
     #[error(transparent)]
     Log(#[from] custody_log::LogError),
+    /// The witness settings are unusable.
+    #[error(transparent)]
+    Witness(#[from] crate::witness::WitnessSetupError),
 }
 
 /// The resolved settings the server runs with.
@@ -109,6 +112,11 @@ pub struct ServerConfig {
     pub log_max_delay: Duration,
     /// How often a new checkpoint is signed while the log grows.
     pub checkpoint_interval: Duration,
+    /// Witnesses that must cosign a checkpoint before `/log/checkpoint` serves it; none: the
+    /// log's own signature suffices.
+    pub witnesses: Vec<crate::witness::WitnessConfig>,
+    /// How many of `witnesses` must cosign.
+    pub witness_quorum: usize,
 }
 
 impl ServerConfig {
@@ -125,6 +133,8 @@ impl ServerConfig {
             log_origin: "custody.local/us".into(),
             log_max_delay: Duration::from_millis(1),
             checkpoint_interval: Duration::from_secs(1),
+            witnesses: Vec::new(),
+            witness_quorum: 0,
         }
     }
 }
@@ -232,6 +242,8 @@ pub struct ServerState {
     pub policy: Arc<PolicyEngine>,
     /// The transparency log every access event goes to (absent with a custom sink).
     pub log: Option<Arc<Log>>,
+    /// The witnesses whose quorum gates `/log/checkpoint`, if configured.
+    pub witnesses: Option<Arc<crate::witness::Witnesses>>,
     /// Whether this open created the KEK and system keys (a fresh data dir), so
     /// [`ServerState::announce`] logs their creation.
     fresh_keys: bool,
@@ -289,7 +301,8 @@ impl ServerState {
         let metrics = Arc::new(Metrics::new());
         let guard = Guard::new(schema, vault, policy.clone(), sink, metrics.clone());
         let auth = Authenticator::new(store, policy.clone());
-        Ok(Arc::new(Self { guard, auth, metrics, policy, log, fresh_keys, config: cfg, dirs }))
+        let witnesses = crate::witness::Witnesses::new(&cfg.witnesses, cfg.witness_quorum)?;
+        Ok(Arc::new(Self { guard, auth, metrics, policy, log, witnesses, fresh_keys, config: cfg, dirs }))
     }
 
     /// Logs what a monitor needs before the first access: the policy set in force and, for a
@@ -376,6 +389,9 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     state.announce().await.map_err(|e| std::io::Error::other(e.to_string()))?;
+    if let (Some(w), Some(log)) = (&state.witnesses, &state.log) {
+        tokio::spawn(w.clone().run(log.clone(), state.metrics.clone(), state.config.checkpoint_interval));
+    }
     let sock = state.dirs.admin_socket.clone();
     let _ = std::fs::remove_file(&sock);
     let admin_listener = tokio::net::UnixListener::bind(&sock)?;
