@@ -279,8 +279,21 @@ fn text(body: String, cache: &'static str) -> Response {
 }
 
 /// The latest signed checkpoint (C2SP tlog-checkpoint as a signed note).
+/// With witnesses configured, the latest checkpoint that reached their quorum.
 async fn log_checkpoint(State(s): State<AppState>) -> Result<Response, ApiError> {
-    Ok(text(the_log(&s)?.checkpoint_text(), "no-store"))
+    let log = the_log(&s)?;
+    if let Some(w) = &s.witnesses {
+        return match w.cosigned() {
+            Some(cosigned) => Ok(text(cosigned, "no-store")),
+            None => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no-cosigned-checkpoint",
+                "No cosigned checkpoint yet",
+                "no checkpoint has reached the witness quorum yet",
+            )),
+        };
+    }
+    Ok(text(log.checkpoint_text(), "no-store"))
 }
 
 /// The log's verifier key, `name+keyid+base64`.

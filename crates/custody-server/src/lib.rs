@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod setup;
 pub mod subject;
 pub mod tls;
+pub mod witness;
 
 pub use custody_api as wire;
 pub use error::ApiError;

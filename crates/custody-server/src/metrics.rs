@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -38,6 +39,8 @@ pub struct Metrics {
     latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
     decisions: Family<DecisionLabels, Counter>,
     audit_failures: Counter,
+    witness_cosigned_size: Gauge,
+    witness_quorum_failures: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -68,7 +71,19 @@ impl Metrics {
             "Requests failed closed because the audit sink failed",
             audit_failures.clone(),
         );
-        Self { registry, requests, latency, decisions, audit_failures }
+        let witness_cosigned_size = Gauge::default();
+        let witness_quorum_failures = Counter::default();
+        registry.register(
+            "witness_cosigned_size",
+            "Tree size of the latest checkpoint published with a witness quorum",
+            witness_cosigned_size.clone(),
+        );
+        registry.register(
+            "witness_quorum_failures",
+            "Checkpoints offered to the witnesses that did not reach the quorum",
+            witness_quorum_failures.clone(),
+        );
+        Self { registry, requests, latency, decisions, audit_failures, witness_cosigned_size, witness_quorum_failures }
     }
 
     /// Counts one finished request.
@@ -88,6 +103,16 @@ impl Metrics {
     /// Counts a request failed closed by the audit sink.
     pub fn audit_failure(&self) {
         self.audit_failures.inc();
+    }
+
+    /// Records the size of the latest checkpoint published with a witness quorum.
+    pub fn witness_cosigned_size(&self, size: u64) {
+        self.witness_cosigned_size.set(i64::try_from(size).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a checkpoint that did not reach the witness quorum.
+    pub fn witness_quorum_failure(&self) {
+        self.witness_quorum_failures.inc();
     }
 
     /// The text exposition.

@@ -88,6 +88,9 @@ pub enum SetupError {
     /// The deployment registry or build key could not be opened.
     #[error("trusted deployment: {0}")]
     Deploy(String),
+    /// The witness settings are unusable.
+    #[error(transparent)]
+    Witness(#[from] crate::witness::WitnessSetupError),
 }
 
 /// The resolved settings the server runs with.
@@ -121,6 +124,11 @@ pub struct ServerConfig {
     pub principal_burst: u32,
     /// TLS on the API listener; `None` serves plaintext (loopback only, unless allowed).
     pub tls: Option<crate::tls::TlsFiles>,
+    /// Witnesses that must cosign a checkpoint before `/log/checkpoint` serves it; none: the
+    /// log's own signature suffices.
+    pub witnesses: Vec<crate::witness::WitnessConfig>,
+    /// How many of `witnesses` must cosign.
+    pub witness_quorum: usize,
 }
 
 impl ServerConfig {
@@ -141,6 +149,8 @@ impl ServerConfig {
             principal_rate: 0.0,
             principal_burst: 100,
             tls: None,
+            witnesses: Vec::new(),
+            witness_quorum: 0,
         }
     }
 }
@@ -252,6 +262,8 @@ pub struct ServerState {
     pub deploy: crate::deploy::Deployer,
     /// Requests in flight and per-principal rates.
     pub limits: crate::limits::Limits,
+    /// The witnesses whose quorum gates `/log/checkpoint`, if configured.
+    pub witnesses: Option<Arc<crate::witness::Witnesses>>,
     /// Whether this open created the KEK and system keys (a fresh data dir), so
     /// [`ServerState::announce`] logs their creation.
     fresh_keys: bool,
@@ -312,7 +324,20 @@ impl ServerState {
         let deploy =
             crate::deploy::Deployer::open(&dirs.root, &dirs.keys).map_err(|e| SetupError::Deploy(e.to_string()))?;
         let limits = crate::limits::Limits::new(cfg.max_inflight, cfg.principal_rate, cfg.principal_burst);
-        Ok(Arc::new(Self { guard, auth, metrics, policy, log, deploy, limits, fresh_keys, config: cfg, dirs }))
+        let witnesses = crate::witness::Witnesses::new(&cfg.witnesses, cfg.witness_quorum)?;
+        Ok(Arc::new(Self {
+            guard,
+            auth,
+            metrics,
+            policy,
+            log,
+            deploy,
+            limits,
+            witnesses,
+            fresh_keys,
+            config: cfg,
+            dirs,
+        }))
     }
 
     /// Logs what a monitor needs before the first access: the policy set in force and, for a
@@ -406,6 +431,9 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     state.announce().await.map_err(|e| std::io::Error::other(e.to_string()))?;
+    if let (Some(w), Some(log)) = (&state.witnesses, &state.log) {
+        tokio::spawn(w.clone().run(log.clone(), state.metrics.clone(), state.config.checkpoint_interval));
+    }
     let sock = state.dirs.admin_socket.clone();
     let _ = std::fs::remove_file(&sock);
     let admin_listener = tokio::net::UnixListener::bind(&sock)?;

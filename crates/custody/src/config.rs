@@ -81,6 +81,13 @@ pub(crate) struct SettingArgs {
     /// How often a new checkpoint is signed while the log grows, in milliseconds [default: 1000]
     #[arg(long, env = "CUSTODY_CHECKPOINT_INTERVAL_MS", global = true, value_name = "MS")]
     pub(crate) checkpoint_interval_ms: Option<u64>,
+    /// A witness that must cosign checkpoints, as `VKEY@URL`; repeat (or comma-separate in the
+    /// variable) for more [default: none, the log's signature alone]
+    #[arg(long = "witness", env = "CUSTODY_WITNESSES", global = true, value_name = "VKEY@URL", value_delimiter = ',')]
+    pub(crate) witnesses: Vec<String>,
+    /// How many witnesses must cosign a checkpoint before it is published [default: all of them]
+    #[arg(long, env = "CUSTODY_WITNESS_QUORUM", global = true, value_name = "N")]
+    pub(crate) witness_quorum: Option<u64>,
     /// Log filter, e.g. `info` or `custody=debug` [default: info]
     #[arg(long, env = "CUSTODY_LOG", global = true, value_name = "FILTER")]
     pub(crate) log: Option<String>,
@@ -128,6 +135,8 @@ const KEYS: &[&str] = &[
     "log_origin",
     "log_max_delay_ms",
     "checkpoint_interval_ms",
+    "witnesses",
+    "witness_quorum",
     "log",
 ];
 
@@ -317,6 +326,43 @@ impl Settings {
         {
             problems.push(format!("`log_origin`: `{o}` must be non-empty, without spaces or `+`"));
         }
+        let witness_raw = if args.witnesses.is_empty() {
+            match table.get("witnesses") {
+                None => Vec::new(),
+                Some(toml::Value::Array(a)) => a
+                    .iter()
+                    .filter_map(|v| match v {
+                        toml::Value::String(s) => Some(s.clone()),
+                        other => {
+                            problems.push(format!("`witnesses` entries must be strings `VKEY@URL`, found {other}"));
+                            None
+                        }
+                    })
+                    .collect(),
+                Some(other) => {
+                    problems.push(format!(
+                        "`witnesses` must be an array of `VKEY@URL` strings, found {}",
+                        other.type_str()
+                    ));
+                    Vec::new()
+                }
+            }
+        } else {
+            args.witnesses.clone()
+        };
+        let witnesses: Vec<custody_server::witness::WitnessConfig> = witness_raw
+            .iter()
+            .filter_map(|w| w.parse().map_err(|e| problems.push(format!("`witnesses`: {e}"))).ok())
+            .collect();
+        let witness_quorum = args
+            .witness_quorum
+            .or_else(|| file_int(&table, "witness_quorum", &mut problems, &file))
+            .unwrap_or(witness_raw.len() as u64);
+        if !witness_raw.is_empty() && !(1..=witness_raw.len() as u64).contains(&witness_quorum) {
+            problems.push(format!("`witness_quorum`: {witness_quorum} is outside 1..={}", witness_raw.len()));
+        } else if witness_raw.is_empty() && witness_quorum > 0 {
+            problems.push("`witness_quorum` is set but no `witnesses` are configured".into());
+        }
         let log =
             args.log.clone().or_else(|| file_str(&table, "log", &mut problems, &file)).unwrap_or_else(|| "info".into());
         if tracing_subscriber::EnvFilter::try_new(&log).is_err() {
@@ -340,6 +386,8 @@ impl Settings {
                     principal_rate: principal_rate as f64,
                     principal_burst: u32::try_from(principal_burst).unwrap_or(u32::MAX),
                     tls,
+                    witnesses,
+                    witness_quorum: witness_quorum as usize,
                 },
                 log,
             }),
