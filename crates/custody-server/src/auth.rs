@@ -64,6 +64,11 @@ impl std::fmt::Debug for Authenticator {
     }
 }
 
+/// Whether a principal's credential works now: not revoked and not expired.
+fn usable(record: &PrincipalRecord) -> bool {
+    !record.revoked && record.expires_at.is_none_or(|t| time::OffsetDateTime::now_utc().unix_timestamp() < t)
+}
+
 impl Authenticator {
     /// Builds an authenticator over a principal store.
     pub fn new(store: Arc<dyn PrincipalStore>, policy: Arc<PolicyEngine>) -> Self {
@@ -81,10 +86,7 @@ impl Authenticator {
         let presented: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
         let caller = self.caller(&id)?;
         let matches: bool = caller.record.token_sha256.ct_eq(&presented).into();
-        if !matches || caller.record.revoked {
-            return Err(AuthError::Invalid);
-        }
-        if caller.record.expires_at.is_some_and(|t| time::OffsetDateTime::now_utc().unix_timestamp() >= t) {
+        if !matches || !usable(&caller.record) {
             return Err(AuthError::Invalid);
         }
         Ok(caller)
@@ -97,8 +99,7 @@ impl Authenticator {
     /// [`AuthError`]; all but `Store` answer 401.
     pub fn authenticate_certified(&self, id: &PrincipalId) -> Result<Arc<Caller>, AuthError> {
         let caller = self.caller(id)?;
-        let expired = caller.record.expires_at.is_some_and(|t| time::OffsetDateTime::now_utc().unix_timestamp() >= t);
-        if caller.record.revoked || expired {
+        if !usable(&caller.record) {
             return Err(AuthError::Invalid);
         }
         Ok(caller)
