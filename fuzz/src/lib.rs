@@ -8,6 +8,7 @@
 use std::sync::LazyLock;
 
 use custody_core::{CollectionName, Jurisdiction, RecordId, Schema, SubjectId};
+use custody_policy::PolicyEngine;
 use custody_server::setup::SAMPLE_SCHEMA;
 use custody_server::wire::{BatchGet, CreateRecord, MAX_BATCH, Search, UpdateRecord};
 use serde_json::{Map, Value};
@@ -116,6 +117,20 @@ pub fn schema_file(text: &str) -> bool {
             }
             true
         }
+        Err(e) => {
+            render(&e);
+            false
+        }
+    }
+}
+
+/// Arbitrary UTF-8 as one `.cedar` file of a deployment's policy directory: parsed, checked
+/// for templates and duplicate ids, and validated against custody's Cedar schema. Returns
+/// whether the set loaded. Never panics: an operator (or a compromised review) controls the text.
+pub fn policy_file(text: &str) -> bool {
+    let Ok(boundary) = Jurisdiction::new("US") else { return false };
+    match PolicyEngine::from_sources(boundary, vec![("fuzz.cedar".to_string(), text.to_string())]) {
+        Ok(engine) => engine.current().files().len() == 1,
         Err(e) => {
             render(&e);
             false

@@ -14,6 +14,7 @@ pub const POLICIES: &[(&str, &str)] = &[
     ("10-engineers.cedar", include_str!("../deploy/policies/10-engineers.cedar")),
     ("20-clips.cedar", include_str!("../deploy/policies/20-clips.cedar")),
     ("30-subjects.cedar", include_str!("../deploy/policies/30-subjects.cedar")),
+    ("40-subject-rights.cedar", include_str!("../deploy/policies/40-subject-rights.cedar")),
     ("90-boundary.cedar", include_str!("../deploy/policies/90-boundary.cedar")),
 ];
 

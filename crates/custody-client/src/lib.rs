@@ -5,6 +5,7 @@
 //! [`ClientError::Api`], so callers can match on the status and stable problem type.
 
 use std::time::Duration;
+use zeroize::Zeroizing;
 
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
@@ -84,12 +85,23 @@ impl Reason {
 }
 
 /// A client bound to one custody server and one principal's token.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     base: String,
-    token: String,
+    token: Zeroizing<String>,
     reason: Reason,
+}
+
+/// The token is a bearer secret: it never appears in debug output (or the logs that print it).
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .field("token", &"<redacted>")
+            .field("reason", &self.reason)
+            .finish()
+    }
 }
 
 impl Client {
@@ -102,7 +114,7 @@ impl Client {
         Ok(Self {
             http,
             base: base.into().trim_end_matches('/').to_string(),
-            token: token.into(),
+            token: Zeroizing::new(token.into()),
             reason: Reason::default(),
         })
     }
@@ -118,7 +130,7 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> Result<T, ClientError> {
-        let mut req = self.http.request(method, format!("{}{}", self.base, path)).bearer_auth(&self.token);
+        let mut req = self.http.request(method, format!("{}{}", self.base, path)).bearer_auth(self.token.as_str());
         if let Some(p) = &self.reason.purpose {
             req = req.header("custody-purpose", p);
         }

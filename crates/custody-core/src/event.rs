@@ -212,7 +212,7 @@ pub struct PolicySetEvent {
     pub files: Vec<(String, String)>,
 }
 
-/// A principal was added or revoked.
+/// A principal was added, changed (its attributes as they became) or revoked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PrincipalEvent {
     /// Document version.
@@ -222,7 +222,7 @@ pub struct PrincipalEvent {
     /// When (RFC 3339, UTC).
     #[serde(with = "time::serde::rfc3339")]
     pub time: time::OffsetDateTime,
-    /// `added` or `revoked`.
+    /// `added`, `changed` or `revoked`.
     pub change: String,
     /// The principal.
     pub principal: PrincipalId,

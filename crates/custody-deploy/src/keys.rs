@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::path::Path;
+use zeroize::Zeroizing;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -25,8 +26,10 @@ pub fn load_or_create(path: &Path) -> Result<SigningKey, DeployError> {
                     return Err(err(format!("mode {:o} lets others read the key; chmod 600 it", mode & 0o777)));
                 }
             }
-            let seed = STANDARD.decode(text.trim()).map_err(|_| err("not base64".into()))?;
-            let seed: [u8; 32] = seed.try_into().map_err(|_| err("not a 32-byte Ed25519 seed".into()))?;
+            let text = Zeroizing::new(text);
+            let seed = Zeroizing::new(STANDARD.decode(text.trim()).map_err(|_| err("not base64".into()))?);
+            let seed: Zeroizing<[u8; 32]> =
+                Zeroizing::new(seed.as_slice().try_into().map_err(|_| err("not a 32-byte Ed25519 seed".into()))?);
             Ok(SigningKey::from_bytes(&seed))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -39,9 +42,8 @@ pub fn load_or_create(path: &Path) -> Result<SigningKey, DeployError> {
             #[cfg(unix)]
             std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
             let mut f = opts.open(path).map_err(|e| err(e.to_string()))?;
-            f.write_all(format!("{}\n", STANDARD.encode(key.to_bytes())).as_bytes())
-                .and_then(|()| f.sync_all())
-                .map_err(|e| err(e.to_string()))?;
+            let encoded = Zeroizing::new(format!("{}\n", STANDARD.encode(Zeroizing::new(key.to_bytes()).as_slice())));
+            f.write_all(encoded.as_bytes()).and_then(|()| f.sync_all()).map_err(|e| err(e.to_string()))?;
             Ok(key)
         }
         Err(e) => Err(err(e.to_string())),

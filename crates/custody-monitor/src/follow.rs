@@ -241,7 +241,7 @@ impl Follower {
     ///
     /// `Err` when the monitor could not do its job (network, disk); `Ok(Err(fault))` when the log
     /// misbehaved. Nothing is stored in either case.
-    pub async fn step(&mut self, sink: &mut dyn EntrySink) -> Result<Result<Step, LogFault>, MonitorError> {
+    pub async fn step(&mut self, sink: &mut (dyn EntrySink + Send)) -> Result<Result<Step, LogFault>, MonitorError> {
         let signed = self.log.checkpoint().await?;
         let checkpoint = match self.check_signatures(&signed) {
             Ok(c) => c,
@@ -347,7 +347,7 @@ impl Follower {
         old_size: u64,
         checkpoint: &Checkpoint,
         frontier: &mut Frontier,
-        sink: &mut dyn EntrySink,
+        sink: &mut (dyn EntrySink + Send),
         mut writer: Option<&mut crate::state::EntryWriter>,
     ) -> Result<Result<(), LogFault>, MonitorError> {
         let bundles = custody_tlog::tile::new_entry_bundles(old_size, checkpoint.size);

@@ -273,7 +273,9 @@ async fn follow(args: FollowArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn witness(args: WitnessArgs) -> anyhow::Result<ExitCode> {
-    let skey = std::fs::read_to_string(&args.key).with_context(|| format!("reading `{}`", args.key.display()))?;
+    let skey = zeroize::Zeroizing::new(
+        std::fs::read_to_string(&args.key).with_context(|| format!("reading `{}`", args.key.display()))?,
+    );
     let signer = CosignatureSigner::from_signer_key(skey.trim()).context("witness key")?;
     let w = Arc::new(Witness::new(signer, &args.log_keys, args.state)?);
     let listener =

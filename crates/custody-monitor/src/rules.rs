@@ -10,6 +10,7 @@
 //! [bulk_read]                       # more than N records with protected data to one principal
 //! max_records = 100
 //! window_secs = 3600
+//! exempt = ["svc:clips"]          # optional: workloads whose job is bulk processing
 //! [deny_rate]                       # more than N denials within the window
 //! max_denials = 50
 //! window_secs = 60
@@ -50,6 +51,10 @@ pub struct BulkRead {
     pub max_records: u64,
     /// The window, in seconds.
     pub window_secs: u64,
+    /// Principals whose published job is processing protected data at scale (an app's backend
+    /// workload), so counting their reads would only drown the alerts that matter.
+    #[serde(default)]
+    pub exempt: Vec<String>,
 }
 
 /// The denial-rate rule.
@@ -266,7 +271,9 @@ impl Evaluator {
                     .with_details(serde_json::json!({ "principal": who })),
                 );
             }
-            if let Some(b) = &self.rules.bulk_read {
+            if let Some(b) = &self.rules.bulk_read
+                && !b.exempt.contains(&who)
+            {
                 let window = time::Duration::seconds(i64::try_from(b.window_secs).unwrap_or(i64::MAX));
                 let q = self.bulk.entry(who.clone()).or_default();
                 q.push_back((e.time, e.records.len().max(1) as u64));

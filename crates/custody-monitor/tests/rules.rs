@@ -20,6 +20,7 @@ schema = "SCHEMA"
 [bulk_read]
 max_records = 5
 window_secs = 60
+exempt = ["svc:backend"]
 [deny_rate]
 max_denials = 3
 window_secs = 10
@@ -99,6 +100,10 @@ fn bulk_reads_of_protected_data() {
     // The same amount spread over hours stays quiet.
     for i in 0..8 {
         log.push(Access::read(5000 + i * 600, "slow", "US", &["email"]).bytes());
+    }
+    // A workload the rule file exempts reads as fast as `exfil` and stays quiet.
+    for i in 0..8 {
+        log.push(Access::read(2000 + i * 5, "svc:backend", "US", &["email"]).bytes());
     }
     let alerts = evaluate(&log);
     assert_eq!(names(&alerts), ["bulk-read"]);

@@ -140,6 +140,28 @@ fn records_round_trip(b: Backend) {
     assert_eq!(f.records.get(&c, &r).unwrap(), None);
 }
 
+/// Records created in one batch are found and erased by subject like ones created singly, and
+/// an erased record cannot be created again in a batch either.
+fn batch_created_records_belong_to_their_subject(b: Backend) {
+    let f = Fixture::new(b);
+    let c = CollectionName::new("profiles").unwrap();
+    let batch: Vec<_> = [("b1", "s1"), ("b2", "s2"), ("b3", "s1")]
+        .into_iter()
+        .map(|(id, subject)| (RecordId::new(id).unwrap(), record(subject, id), Vec::new()))
+        .collect();
+    f.records.put_new_many(&c, &batch).unwrap();
+    let s1 = SubjectId::new("s1").unwrap();
+    let mut found: Vec<String> =
+        f.records.subject_records(&s1, 10).unwrap().into_iter().map(|(_, id)| id.as_str().to_string()).collect();
+    found.sort();
+    assert_eq!(found, ["b1", "b3"], "{b:?}");
+    assert_eq!(f.records.tombstone_subject(&s1).unwrap(), 2);
+    assert_eq!(f.records.get(&c, &RecordId::new("b1").unwrap()).unwrap(), None);
+    assert!(f.records.get(&c, &RecordId::new("b2").unwrap()).unwrap().is_some(), "s2 is untouched");
+    let again = f.records.put_new_many(&c, &batch[..1]);
+    assert!(matches!(again, Err(VaultError::Erased(_))), "{b:?}: {again:?}");
+}
+
 fn blind_index_follows_writes(b: Backend) {
     let f = Fixture::new(b);
     let c = CollectionName::new("profiles").unwrap();
@@ -411,6 +433,7 @@ macro_rules! conformance {
 
 conformance!(
     records_round_trip,
+    batch_created_records_belong_to_their_subject,
     blind_index_follows_writes,
     subject_keys_are_created_once_and_destroyed,
     concurrent_key_creation_agrees,

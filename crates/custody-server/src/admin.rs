@@ -49,6 +49,25 @@ pub struct NewPrincipal {
     pub tags: BTreeMap<String, String>,
 }
 
+/// Attributes of a principal to change; absent fields keep their value. Its id, kind, subject
+/// and token stay: a different identity is a new principal.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePrincipal {
+    /// New location (a jurisdiction code).
+    #[serde(default)]
+    pub location: Option<String>,
+    /// New employer.
+    #[serde(default)]
+    pub employer: Option<String>,
+    /// New roles (replacing all of them).
+    #[serde(default)]
+    pub roles: Option<Vec<String>>,
+    /// New further attributes (replacing all of them).
+    #[serde(default)]
+    pub tags: Option<BTreeMap<String, String>>,
+}
+
 /// A registered principal and its token, shown once.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Issued {
@@ -128,11 +147,7 @@ fn new_principal(store: &dyn PrincipalStore, req: NewPrincipal) -> Result<(Princ
     if kind == PrincipalKind::Subject && subject.is_none() {
         return Err(AdminError::Invalid("a subject principal needs `subject`".into()));
     }
-    for k in req.tags.keys() {
-        if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-            return Err(AdminError::Invalid(format!("attribute name `{k}` must be letters, digits, `_` or `-`")));
-        }
-    }
+    check_tags(&req.tags)?;
     if store.principal(&id)?.is_some() {
         return Err(AdminError::Exists(id.to_string()));
     }
@@ -147,6 +162,58 @@ fn new_principal(store: &dyn PrincipalStore, req: NewPrincipal) -> Result<(Princ
         expires_at: None,
     };
     Ok((record, token))
+}
+
+fn check_tags(tags: &BTreeMap<String, String>) -> Result<(), AdminError> {
+    for k in tags.keys() {
+        if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            return Err(AdminError::Invalid(format!("attribute name `{k}` must be letters, digits, `_` or `-`")));
+        }
+    }
+    Ok(())
+}
+
+/// Changes a principal's attributes the way a running server does: the `changed` entry, with
+/// the attributes as they will be, is durable in the log before the change takes effect, so
+/// no widened access goes unrecorded. If the log cannot take it, nothing changes.
+///
+/// # Errors
+/// [`AdminError::NotFound`]; [`AdminError::Invalid`] for malformed attributes, an empty change
+/// or a revoked principal; [`AdminError::Log`] (nothing changed then).
+pub async fn change_logged(s: &ServerState, id: &str, change: ChangePrincipal) -> Result<PrincipalView, AdminError> {
+    let store = s.auth.store();
+    let id = PrincipalId::new(id)?;
+    let mut p = store.principal(&id)?.ok_or_else(|| AdminError::NotFound(id.to_string()))?;
+    if p.revoked {
+        return Err(AdminError::Invalid(format!("principal `{id}` is revoked; register a new one")));
+    }
+    let ChangePrincipal { location, employer, roles, tags } = change;
+    if location.is_none() && employer.is_none() && roles.is_none() && tags.is_none() {
+        return Err(AdminError::Invalid("nothing to change: give location, employer, roles or tags".into()));
+    }
+    if let Some(l) = location {
+        p.attrs.location = Jurisdiction::new(l)?;
+    }
+    if let Some(e) = employer {
+        p.attrs.employer = e;
+    }
+    if let Some(r) = roles {
+        p.attrs.roles = r;
+    }
+    if let Some(t) = tags {
+        check_tags(&t)?;
+        p.attrs.tags = t;
+    }
+    p.version += 1;
+    let view = PrincipalView::from(&p);
+    s.guard
+        .log(&principal_event(s, "changed", &view)?)
+        .await
+        .map_err(|e| AdminError::Log(format!("principal not changed: {e}")))?;
+    store.put_principal(&p)?;
+    s.auth.invalidate(&id);
+    tracing::info!(principal = %view.id, version = p.version, "principal changed");
+    Ok(view)
 }
 
 /// Registers a principal the way a running server does: the `added` entry is durable in the
@@ -249,6 +316,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
     Router::new()
         .route("/admin/principals", get(list).post(add))
         .route("/admin/principals/{id}/revoke", post(revoke))
+        .route("/admin/principals/{id}", axum::routing::patch(change))
         .route("/admin/policy/reload", post(reload))
         .merge(crate::deploy::router())
         .route("/admin/keys/kek", get(kek_status))
@@ -287,6 +355,14 @@ async fn revoke(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<PrincipalView>, ApiError> {
     Ok(Json(revoke_logged(&s, &id).await?))
+}
+
+async fn change(
+    State(s): State<Arc<ServerState>>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<ChangePrincipal>,
+) -> Result<Json<PrincipalView>, ApiError> {
+    Ok(Json(change_logged(&s, &id, req).await?))
 }
 
 async fn list(State(s): State<Arc<ServerState>>) -> Result<Json<Vec<PrincipalView>>, ApiError> {

@@ -38,11 +38,11 @@ pub enum AuthError {
 
 /// A fresh token for `id`, and the hash to store.
 pub fn issue_token(id: &PrincipalId) -> (String, [u8; 32]) {
-    let mut secret = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut secret);
-    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
+    let mut secret = zeroize::Zeroizing::new([0u8; 32]);
+    rand::rngs::OsRng.fill_bytes(secret.as_mut_slice());
+    let secret = zeroize::Zeroizing::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret.as_slice()));
     let hash: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
-    (format!("{PREFIX}{id}:{secret}"), hash)
+    (format!("{PREFIX}{id}:{}", secret.as_str()), hash)
 }
 
 fn parse(token: &str) -> Option<(PrincipalId, &str)> {

@@ -107,3 +107,26 @@ fn dsse_envelope_corpus_verifies_only_the_valid_seed() {
     }
     assert_eq!(accepted, ["valid.json"]);
 }
+
+#[test]
+fn policy_file_corpus_loads_only_the_sample_policies() {
+    let mut accepted = Vec::new();
+    for (name, data) in corpus("policy_file") {
+        let text = std::str::from_utf8(&data).unwrap();
+        if fuzz_support::policy_file(text) {
+            accepted.push(name);
+        }
+    }
+    let samples: Vec<String> =
+        custody_server::setup::SAMPLE_POLICIES.iter().map(|(n, _)| format!("sample-{n}")).collect();
+    assert_eq!(accepted, samples, "each sample policy file loads alone; every broken seed is refused");
+}
+
+#[test]
+fn policy_file_seeds_are_the_sample_deployments() {
+    let seeds: std::collections::BTreeMap<String, Vec<u8>> = corpus("policy_file").into_iter().collect();
+    for (name, text) in custody_server::setup::SAMPLE_POLICIES {
+        let seed = seeds.get(&format!("sample-{name}")).unwrap_or_else(|| panic!("no seed for {name}"));
+        assert_eq!(seed.as_slice(), text.as_bytes(), "refresh fuzz/corpus/policy_file/sample-{name}");
+    }
+}

@@ -170,11 +170,17 @@ impl RecordStore for RedbStore {
         {
             let mut t = w.open_table(RECORDS)?;
             let mut ix = w.open_table(INDEX)?;
-            for ((key, bytes), (id, _, add)) in encoded.iter().zip(records) {
+            let mut sx = w.open_table(SUBJECT_INDEX)?;
+            let tombstones = w.open_table(TOMBSTONES)?;
+            for ((key, bytes), (id, record, add)) in encoded.iter().zip(records) {
                 if t.get(key.as_slice())?.is_some() {
                     return Err(VaultError::AlreadyExists(format!("{collection}/{id}")));
                 }
+                if tombstones.get(key.as_slice())?.is_some() {
+                    return Err(VaultError::Erased(format!("{collection}/{id}")));
+                }
                 t.insert(key.as_slice(), bytes.as_slice())?;
+                sx.insert(subject_key(&record.subject, collection, id).as_slice(), ())?;
                 for (field, term) in add {
                     let k = [index_prefix(collection, field, term), id.as_str().as_bytes().to_vec()].concat();
                     ix.insert(k.as_slice(), ())?;

@@ -181,20 +181,34 @@ impl Settings {
             Some(p) => (p.clone(), true),
             None => (PathBuf::from("custody.toml"), false),
         };
-        let table = match std::fs::read_to_string(&file) {
-            Ok(text) => match text.parse::<toml::Table>() {
-                Ok(t) => t,
-                Err(e) => {
-                    let msg = e.message().to_string();
-                    problems.push(format!("`{}` is not valid TOML: {msg}", file.display()));
-                    toml::Table::new()
-                }
-            },
+        let text = match std::fs::read_to_string(&file) {
+            Ok(text) => Some(text),
             Err(e) if explicit || e.kind() != std::io::ErrorKind::NotFound => {
                 problems.push(format!("cannot read config file `{}`: {e}", file.display()));
+                None
+            }
+            Err(_) => None,
+        };
+        Self::resolve_text(args, &file, text.as_deref(), problems)
+    }
+
+    /// As [`Settings::resolve`], given the config file's text (`None`: no file) and the problems
+    /// found reading it. Split out so the parser can be fuzzed without touching the disk.
+    pub(crate) fn resolve_text(
+        args: &SettingArgs,
+        file: &Path,
+        text: Option<&str>,
+        mut problems: Vec<String>,
+    ) -> Result<Self, ConfigProblems> {
+        let file = file.to_path_buf();
+        let table = match text.map(str::parse::<toml::Table>) {
+            Some(Ok(t)) => t,
+            Some(Err(e)) => {
+                let msg = e.message().to_string();
+                problems.push(format!("`{}` is not valid TOML: {msg}", file.display()));
                 toml::Table::new()
             }
-            Err(_) => toml::Table::new(),
+            None => toml::Table::new(),
         };
         for key in table.keys() {
             if !KEYS.contains(&key.as_str()) {
@@ -425,5 +439,26 @@ mod tests {
         assert_eq!(s.server.listen.port(), 2);
         assert_eq!(s.server.jurisdiction.as_str(), "EU");
         assert_eq!(s.server.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+    }
+
+    /// Replays `fuzz/corpus/config_file` through the function the `config_file` fuzz target
+    /// runs, so the seeds (and any crash input added to them) run in every `cargo test`.
+    #[test]
+    fn config_fuzz_corpus_resolves_or_names_its_problems() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/config_file");
+        let mut seeds: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+        seeds.sort();
+        assert!(seeds.len() >= 4, "{} seeds", seeds.len());
+        for seed in seeds {
+            let name = seed.file_name().unwrap().to_string_lossy().into_owned();
+            let text = std::fs::read_to_string(&seed).unwrap();
+            let got =
+                Settings::resolve_text(&SettingArgs::default(), Path::new("custody.toml"), Some(&text), Vec::new());
+            match (name.starts_with("broken-"), got) {
+                (true, Err(problems)) => assert!(!problems.0.is_empty()),
+                (false, Ok(_)) => {}
+                (broken, other) => panic!("{name}: broken={broken} but got {other:?}"),
+            }
+        }
     }
 }

@@ -23,13 +23,28 @@ fn the_demo_plays_its_story_and_exits_zero() {
         "email ",
         "withheld birthdate, device_id, email, phone, precise_location",
         "forbidden-by:no-protected-outside-jurisdiction",
-        "[5/8] a bulk read trips the monitor's alert\n      not yet available: issue #4",
-        "[6/8] a user exports their data, then erases it\n      not yet available: issue #8",
+        "[5/8] alice reads 150 users' protected profiles in bulk",
+        "[Warning] bulk-read: principal `alice` received protected data from 151 records",
+        "[6/8] a user exports their data",
+        "each proved included in the signed checkpoint",
+        "records tombstoned, receipt #",
+        "clips reading u7 now gets 410 erased",
         "signed by the log key",
-        "5 steps as expected, 0 unexpected, 3 not yet available.",
+        "[8/8] the monitor verifies the whole log",
+        "1 alert(s) in total: bulk-read",
+        "8 steps as expected, 0 unexpected.",
         "/log/checkpoint",
     ] {
         assert!(stdout.contains(line), "missing `{line}` in:\n{stdout}");
     }
     assert!(!stdout.contains("UNEXPECTED"), "{stdout}");
+    // The report exists while the demo runs; its path is printed (the temp dir is gone now).
+    assert!(stdout.contains("report.html"), "{stdout}");
+}
+
+#[test]
+fn too_few_users_is_refused_with_the_reason() {
+    let out = Command::new(env!("CARGO_BIN_EXE_custody")).args(["demo", "--exit", "--users", "10"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--users must be 200 to"), "{out:?}");
 }

@@ -212,6 +212,17 @@ async fn unauthenticated_and_revoked_get_401() {
     let token = s.principal("eve", "engineer", "US", &["--employer", "provider"]);
     let eve = s.client(&token);
     eve.get("profiles", "u1").await.unwrap();
+    // A change of location is logged and takes effect on the very next request.
+    let out = s.cli(&["principal", "change", "eve", "--location", "DE"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("changed eve"));
+    let abroad = eve.get("profiles", "u1").await.unwrap();
+    let email = abroad.record.withheld.iter().find(|w| w.field == "email").expect("email withheld abroad");
+    assert_eq!(email.reason, "forbidden-by:no-protected-outside-jurisdiction");
+    let bad = s.cli(&["principal", "change", "eve", "--location", "mars"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", String::from_utf8_lossy(&bad.stderr));
+    let nothing = s.cli(&["principal", "change", "eve"]);
+    assert!(String::from_utf8_lossy(&nothing.stderr).contains("nothing to change"));
     let out = s.cli(&["principal", "revoke", "eve"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(status(&eve.get("profiles", "u1").await.unwrap_err()), 401);
@@ -354,6 +365,7 @@ async fn offline_principal_changes_are_logged_like_online_ones() {
     };
     // No server runs: the CLI opens the data dir itself.
     cli(&["principal", "add", "--id", "ops-1", "--kind", "engineer", "--location", "US"]);
+    cli(&["principal", "change", "ops-1", "--location", "DE", "--role", "support"]);
     cli(&["principal", "revoke", "ops-1"]);
     let s = Server::start_in(dir, &["--checkpoint-interval-ms", "100"]);
     let c = cast(&s);
@@ -369,7 +381,9 @@ async fn offline_principal_changes_are_logged_like_online_ones() {
         .filter(|d| d["kind"] == "principal" && d["principal"] == "ops-1")
         .map(|d| d["change"].as_str().unwrap())
         .collect();
-    assert_eq!(changes, ["added", "revoked"]);
+    assert_eq!(changes, ["added", "changed", "revoked"]);
+    let changed = docs.iter().find(|d| d["change"] == "changed").unwrap();
+    assert_eq!((changed["location"].as_str(), changed["roles"][0].as_str()), (Some("DE"), Some("support")));
     // The keys the CLI created are logged once, before the principal that depends on them.
     let kek: Vec<usize> = (0..docs.len()).filter(|&i| docs[i]["kind"] == "key" && docs[i]["key"] == "kek").collect();
     let added = docs.iter().position(|d| d["principal"] == "ops-1").unwrap();

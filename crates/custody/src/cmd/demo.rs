@@ -1,10 +1,11 @@
 //! `custody demo`: the whole model end to end, as a story.
 //!
 //! It starts custody on embedded storage in a fresh temporary data dir with clips' schema and
-//! policies, registers three principals through the operator socket (the clips workload, a
-//! support engineer in the US, an engineer in Germany), starts clips, seeds synthetic users,
-//! videos and activity through custody, then plays [`story`] step by step. Steps whose issue
-//! has not landed are listed as not yet available, never faked. With `--exit` it exits after
+//! policies, registers four principals through the operator socket (the clips workload, a
+//! support engineer in the US, an engineer in Germany, an end user), starts clips, seeds
+//! synthetic users, videos and activity through custody, then plays [`story`] step by step,
+//! with an independent monitor (the `custody-monitor` library, reading the log over HTTP only)
+//! judging what the log records. With `--exit` it exits after
 //! the story (non-zero if a step's outcome was not the expected one); otherwise it keeps
 //! serving until Ctrl-C.
 
@@ -20,6 +21,12 @@ use serde_json::{Value, json};
 
 use clips::seed::{self, Phase, SeedPlan};
 use custody_client::{Client, Reason, Receipt};
+use custody_monitor::alert::Alert;
+use custody_monitor::follow::{EntrySink, FollowConfig, Follower};
+use custody_monitor::report::{Protection, render, summarize};
+use custody_monitor::rules::{Evaluator, RuleFile};
+use custody_monitor::source::HttpLog;
+use custody_monitor::state::StateDir;
 use custody_server::{ServerConfig, ServerState};
 
 use crate::admin_client;
@@ -28,6 +35,8 @@ use crate::exit::{Exit, fail};
 
 /// Most users `--users` accepts.
 const MAX_USERS: u64 = 10_000_000;
+/// Fewest: the bulk-read step reads 150 distinct users.
+const MIN_USERS: u64 = 200;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct DemoArgs {
@@ -55,21 +64,95 @@ pub(crate) struct Demo {
     vkey: String,
     first_checkpoint: String,
     receipts: std::sync::Mutex<Vec<Receipt>>,
+    /// The clips workload's own client (to see what clips sees after an erasure).
+    app: Client,
+    /// u7, an end user, as a subject principal.
+    subject: Client,
+    /// The independent monitor, following the log from its own state directory.
+    monitor: tokio::sync::Mutex<DemoMonitor>,
+    /// Where the monitor's HTML report is written.
+    report: std::path::PathBuf,
+}
+
+/// The monitor's part: a follower with its state directory, the published rules, and the
+/// alerts raised so far. It reads the log only over HTTP, as an outside auditor would.
+pub(crate) struct DemoMonitor {
+    follower: Follower,
+    evaluator: Evaluator,
+    protection: Protection,
+    state: StateDir,
+    alerts: Vec<Alert>,
+}
+
+/// Collects a follower step's entries for the rules.
+struct Collect(Vec<(u64, Vec<u8>)>);
+
+impl EntrySink for Collect {
+    fn entry(&mut self, index: u64, entry: &[u8]) -> Result<(), custody_monitor::MonitorError> {
+        self.0.push((index, entry.to_vec()));
+        Ok(())
+    }
+}
+
+/// The rules the demo's monitor publishes: bulk reads and protected data leaving the
+/// jurisdiction, with clips' backend exempt from the bulk rule (processing users' data at scale
+/// is its published job).
+const MONITOR_RULES: &str = r#"jurisdiction = "US"
+schema = "clips-deploy/schema.toml"
+[outside_jurisdiction]
+[bulk_read]
+max_records = 100
+window_secs = 3600
+exempt = ["svc:clips"]
+"#;
+
+impl DemoMonitor {
+    /// A monitor of the log at `custody` with key `vkey`, keeping its state under `dir`.
+    fn new(dir: &std::path::Path, custody: &str, vkey: &str) -> anyhow::Result<Self> {
+        let rules_path = dir.join("monitor-rules.toml");
+        std::fs::write(&rules_path, MONITOR_RULES)?;
+        let (rules, classes) = RuleFile::load(&rules_path)?;
+        let protection = Protection { classes: classes.clone(), protected: rules.protected_classes.clone() };
+        let state = StateDir::open(dir.join("monitor"))?;
+        let config = FollowConfig { witnesses: Vec::new(), quorum: 0, concurrency: 8 };
+        let follower = Follower::new(HttpLog::new(custody)?, vkey, config, Some(state.clone()))?;
+        Ok(Self { follower, evaluator: Evaluator::new(rules, classes), protection, state, alerts: Vec::new() })
+    }
+
+    /// Follows the log until a verified checkpoint covers entry `index`, judging every new
+    /// entry by the rules. Returns the verified size and the alerts this call raised.
+    async fn catch_up(&mut self, index: u64) -> Result<(u64, Vec<Alert>), String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut raised = Vec::new();
+        loop {
+            let mut collected = Collect(Vec::new());
+            let step = match self.follower.step(&mut collected).await.map_err(|e| e.to_string())? {
+                Ok(step) => step,
+                Err(fault) => return Err(format!("the monitor found the log at fault: {fault}")),
+            };
+            for (i, entry) in &collected.0 {
+                for alert in self.evaluator.observe(*i, entry) {
+                    self.state.append_alert(&alert).map_err(|e| e.to_string())?;
+                    raised.push(alert);
+                }
+            }
+            if step.checkpoint.size > index {
+                self.alerts.extend(raised.iter().cloned());
+                return Ok((step.checkpoint.size, raised));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("no checkpoint covered entry {index} within 60 s"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 /// A step's future: `Ok(outcome)` when the outcome is the expected one, `Err(what differed)`.
 type StepFuture<'a> = Pin<Box<dyn Future<Output = Result<String, String>> + Send + 'a>>;
 
-/// How a step is played.
-pub(crate) enum Play {
-    /// Run it.
-    Run(for<'a> fn(&'a Demo) -> StepFuture<'a>),
-    /// Its issue has not landed: listed, never faked.
-    NotYet {
-        /// The issue that brings it.
-        issue: u32,
-    },
-}
+/// How a step is played: it runs against the live servers and says what happened.
+pub(crate) type Play = for<'a> fn(&'a Demo) -> StepFuture<'a>;
 
 /// One step of the story.
 pub(crate) struct Step {
@@ -79,29 +162,35 @@ pub(crate) struct Step {
     pub(crate) play: Play,
 }
 
-/// The story, in order. Wire a step in by replacing its `NotYet` with `Run`.
+/// The story, in order. A step whose part has not landed would be listed as such, never faked.
 pub(crate) fn story() -> Vec<Step> {
     vec![
-        Step { title: "clips serves a user their For You feed", play: Play::Run(step_feed) },
+        Step { title: "clips serves a user their For You feed", play: step_feed },
         Step {
             title: "a user posts a video; its bytes go into custody as encrypted, content-addressed chunks",
-            play: Play::Run(step_video),
+            play: step_video,
         },
         Step {
             title: "a US support engineer, stating a justification, reads one user's protected profile",
-            play: Play::Run(step_engineer_us),
+            play: step_engineer_us,
         },
         Step {
             title: "an engineer located abroad (DE) gets only the public fields, and the denial is logged",
-            play: Play::Run(step_engineer_abroad),
+            play: step_engineer_abroad,
         },
-        Step { title: "a bulk read trips the monitor's alert", play: Play::NotYet { issue: 4 } },
-        Step { title: "a user exports their data, then erases it", play: Play::NotYet { issue: 8 } },
+        Step {
+            title: "alice reads 150 users' protected profiles in bulk; the independent monitor raises an alert",
+            play: step_bulk_read,
+        },
+        Step {
+            title: "a user exports their data with its access history and proofs, then erases it",
+            play: step_subject_rights,
+        },
         Step {
             title: "the log verifies: signed checkpoint, receipts included, append-only (custody-verify)",
-            play: Play::Run(step_verify_log),
+            play: step_verify_log,
         },
-        Step { title: "the monitor verifies the log and writes its report", play: Play::NotYet { issue: 4 } },
+        Step { title: "the monitor verifies the whole log and writes its HTML report", play: step_monitor_report },
     ]
 }
 
@@ -220,6 +309,105 @@ fn step_engineer_abroad(d: &Demo) -> StepFuture<'_> {
     })
 }
 
+fn step_bulk_read(d: &Demo) -> StepFuture<'_> {
+    Box::pin(async move {
+        let mut last = 0;
+        let mut records = 0;
+        for chunk in 0..2u64 {
+            let ids: Vec<String> = (1..=75).map(|i| format!("u{}", chunk * 75 + i)).collect();
+            let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+            let r = d.engineer.batch_get("users", &refs).await.map_err(|e| e.to_string())?;
+            records += r.records.len();
+            last = last.max(r.receipt.index);
+            d.receipts.lock().map_err(|_| "lock")?.push(r.receipt.clone());
+        }
+        let mut m = d.monitor.lock().await;
+        let (size, raised) = m.catch_up(last).await?;
+        let bulk: Vec<&Alert> = raised.iter().filter(|a| a.alert == "bulk-read").collect();
+        let [alert] = bulk.as_slice() else {
+            return Err(format!("expected one bulk-read alert, the monitor raised {:?}", names(&raised)));
+        };
+        if alert.details.get("principal").and_then(Value::as_str) != Some("alice") {
+            return Err(format!("the bulk-read alert names {}", alert.details));
+        }
+        Ok(format!(
+            "alice read {records} users' protected profiles in two batches (each allowed and logged);\n  the monitor, \
+             following the log over HTTP from its own state dir, verified {size} entries and raised:\n  [{:?}] {}: {}",
+            alert.severity, alert.alert, alert.message
+        ))
+    })
+}
+
+fn names(alerts: &[Alert]) -> Vec<&str> {
+    alerts.iter().map(|a| a.alert.as_str()).collect()
+}
+
+fn step_subject_rights(d: &Demo) -> StepFuture<'_> {
+    Box::pin(async move {
+        let export = d.subject.export_subject("u7").await.map_err(|e| e.to_string())?;
+        let log = export.log.as_ref().ok_or("the export has no log part")?;
+        if export.records.is_empty() {
+            return Err("the export has no records".into());
+        }
+        let checkpoint = &log.checkpoint;
+        let mut proved = 0;
+        for e in &log.entries {
+            custody_verify::verify_inclusion(checkpoint, &d.vkey, e.entry.as_bytes(), &e.inclusion.to_string())
+                .map_err(|err| format!("entry #{}: {err}", e.index))?;
+            proved += 1;
+        }
+        let erased = d.subject.erase_subject("u7").await.map_err(|e| e.to_string())?;
+        let after = d.app.get("users", "u7").await;
+        let status = match &after {
+            Err(e) => e.problem().map(|p| p.status).unwrap_or_default(),
+            Ok(_) => return Err("u7's profile is still readable after the erasure".into()),
+        };
+        if status != 410 {
+            return Err(format!("reading u7 after the erasure answered {status}, not 410"));
+        }
+        let (entry, _) = custody_client::verify_receipt(&erased.receipt, &d.vkey).map_err(|e| e.to_string())?;
+        d.receipts.lock().map_err(|_| "lock")?.push(erased.receipt.clone());
+        let logged: Value = serde_json::from_str(&entry).map_err(|e| e.to_string())?;
+        Ok(format!(
+            "u7 exported {} records and {} log entries about them (found by pseudonym {}), each proved \
+             included in the signed checkpoint of {} entries\n  u7 erased their data: key v{} destroyed, {} \
+             records tombstoned, receipt #{} verified (log entry kind {}, request {})\n  clips reading u7 now gets 410 erased",
+            export.records.len(),
+            proved,
+            &export.pseudonym,
+            log.size,
+            erased.destroyed_key.unwrap_or_default(),
+            erased.tombstoned,
+            erased.receipt.index,
+            logged.get("kind").unwrap_or(&Value::Null),
+            logged.get("request").unwrap_or(&Value::Null),
+        ))
+    })
+}
+
+fn step_monitor_report(d: &Demo) -> StepFuture<'_> {
+    Box::pin(async move {
+        let last = d.receipts.lock().map_err(|_| "lock")?.iter().map(|r| r.index).max().unwrap_or_default();
+        let mut m = d.monitor.lock().await;
+        let (size, _) = m.catch_up(last).await?;
+        let verified = m.state.load().map_err(|e| e.to_string())?.ok_or("the monitor saved no checkpoint")?;
+        let entries = m.state.entries(verified.checkpoint.size).map_err(|e| e.to_string())?;
+        let summary = summarize(&entries, &m.protection);
+        let html = render(&summary, &verified, &m.alerts, true);
+        std::fs::write(&d.report, &html).map_err(|e| format!("{}: {e}", d.report.display()))?;
+        if !html.contains("bulk-read") {
+            return Err("the report does not show the bulk-read alert".into());
+        }
+        Ok(format!(
+            "the monitor verified all {size} entries (every tile against the signed root, each checkpoint \
+             consistent with the last)\n  {} alert(s) in total: {}\n  report written to {}",
+            m.alerts.len(),
+            names(&m.alerts).join(", "),
+            d.report.display()
+        ))
+    })
+}
+
 fn step_verify_log(d: &Demo) -> StepFuture<'_> {
     Box::pin(async move {
         let receipts = d.receipts.lock().map_err(|_| "lock")?.clone();
@@ -291,8 +479,8 @@ async fn add_principal(socket: &std::path::Path, body: Value) -> anyhow::Result<
 
 pub(crate) fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<()> {
     super::init_tracing(if settings.log == "info" { "warn" } else { &settings.log });
-    if args.users < 10 || args.users > MAX_USERS {
-        return Err(fail(Exit::BadInput, format!("--users must be 10 to {MAX_USERS}")));
+    if args.users < MIN_USERS || args.users > MAX_USERS {
+        return Err(fail(Exit::BadInput, format!("--users must be {MIN_USERS} to {MAX_USERS}")));
     }
     let rt = super::runtime()?;
     rt.block_on(play(args))
@@ -346,10 +534,13 @@ async fn play(args: DemoArgs) -> anyhow::Result<()> {
         json!({"id": "dieter", "kind": "engineer", "location": "DE", "employer": "provider", "roles": ["support"]}),
     )
     .await?;
+    let u7 =
+        add_principal(&socket, json!({"id": "user-u7", "kind": "subject", "location": "US", "subject": "u7"})).await?;
     println!("principals registered through the operator socket:");
     println!("  svc:clips  workload, US, role clips-backend   (the app's backend)");
     println!("  alice      engineer, US, provider             (support, in the jurisdiction)");
     println!("  dieter     engineer, DE, provider             (support, abroad)");
+    println!("  user-u7    subject u7                         (an end user of clips)");
 
     let app = Client::new(&custody, &clips_token)?;
     let clips_listener = tokio::net::TcpListener::bind(args.clips_listen)
@@ -403,6 +594,7 @@ async fn play(args: DemoArgs) -> anyhow::Result<()> {
     let vkey = get_text(&http, &format!("{custody}/log/key")).await.map_err(anyhow::Error::msg)?.trim().to_string();
     let first_checkpoint = get_text(&http, &format!("{custody}/log/checkpoint")).await.map_err(anyhow::Error::msg)?;
     let reason = Reason::new("support", "TICKET-4711");
+    let monitor = DemoMonitor::new(tmp.path(), &custody, &vkey)?;
     let demo = Demo {
         custody: custody.clone(),
         clips: clips_url.clone(),
@@ -412,38 +604,36 @@ async fn play(args: DemoArgs) -> anyhow::Result<()> {
         vkey,
         first_checkpoint,
         receipts: std::sync::Mutex::new(Vec::new()),
+        app: app.clone(),
+        subject: Client::new(&custody, &u7)?,
+        monitor: tokio::sync::Mutex::new(monitor),
+        report: tmp.path().join("report.html"),
     };
 
     println!("\nThe story:");
     let steps = story();
-    let (mut passed, mut failed, mut pending) = (0, 0, 0);
+    let (mut passed, mut failed) = (0, 0);
     for (n, step) in steps.iter().enumerate() {
         println!("\n[{}/{}] {}", n + 1, steps.len(), step.title);
-        match &step.play {
-            Play::Run(f) => match f(&demo).await {
-                Ok(outcome) => {
-                    passed += 1;
-                    for line in outcome.lines() {
-                        println!("      {line}");
-                    }
-                    println!("      ok: as expected");
+        match (step.play)(&demo).await {
+            Ok(outcome) => {
+                passed += 1;
+                for line in outcome.lines() {
+                    println!("      {line}");
                 }
-                Err(why) => {
-                    failed += 1;
-                    println!("      UNEXPECTED: {why}");
-                }
-            },
-            Play::NotYet { issue } => {
-                pending += 1;
-                println!("      not yet available: issue #{issue}");
+                println!("      ok: as expected");
+            }
+            Err(why) => {
+                failed += 1;
+                println!("      UNEXPECTED: {why}");
             }
         }
     }
-    println!("\n{passed} steps as expected, {failed} unexpected, {pending} not yet available.");
+    println!("\n{passed} steps as expected, {failed} unexpected.");
     println!("\n  custody API   {custody}/openapi.json");
     println!("  clips API     {clips_url}/v1/users/u1/feed");
     println!("  log           {custody}/log/checkpoint");
-    println!("  report        not yet available: issue #4");
+    println!("  report        {}", demo.report.display());
 
     if !args.exit {
         println!("\nServing until Ctrl-C (the data dir is deleted on exit).");

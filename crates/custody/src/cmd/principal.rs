@@ -1,9 +1,9 @@
-//! `custody principal add|revoke|list`.
+//! `custody principal add|change|revoke|list`.
 
 use std::collections::BTreeMap;
 
 use clap::Subcommand;
-use custody_server::admin::{self, AdminError, NewPrincipal};
+use custody_server::admin::{self, AdminError, ChangePrincipal, NewPrincipal};
 use custody_server::{DataDir, ServerState};
 use custody_vault::RedbStore;
 
@@ -35,6 +35,26 @@ pub(crate) enum PrincipalCmd {
         #[arg(long)]
         subject: Option<String>,
         /// Further attribute for policies as KEY=VALUE (a Cedar tag); repeat for several
+        #[arg(long = "attr", value_parser = parse_attr)]
+        attrs: Vec<(String, String)>,
+    },
+    /// Change a principal's attributes (logged before it takes effect); omitted ones stay
+    Change {
+        /// Principal id
+        id: String,
+        /// New location: a jurisdiction code such as US
+        #[arg(long)]
+        location: Option<String>,
+        /// New employer
+        #[arg(long)]
+        employer: Option<String>,
+        /// A role, replacing all current roles; repeat for several
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// Remove every role
+        #[arg(long, conflicts_with = "roles")]
+        no_roles: bool,
+        /// Further attribute as KEY=VALUE, replacing all current ones; repeat for several
         #[arg(long = "attr", value_parser = parse_attr)]
         attrs: Vec<(String, String)>,
     },
@@ -108,6 +128,25 @@ pub(crate) fn run(settings: &Settings, format: Format, cmd: PrincipalCmd) -> any
                 serde_json::to_value(rt.block_on(admin::add_logged(&state, req)).map_err(admin_fail)?)?
             }
         }
+        PrincipalCmd::Change { id, location, employer, roles, no_roles, attrs } => {
+            let req = ChangePrincipal {
+                location,
+                employer,
+                roles: if no_roles { Some(Vec::new()) } else { Some(roles).filter(|r| !r.is_empty()) },
+                tags: Some(attrs.into_iter().collect::<BTreeMap<_, _>>()).filter(|t| !t.is_empty()),
+            };
+            if online {
+                answer(rt.block_on(admin_client::call(
+                    &dirs.admin_socket,
+                    "PATCH",
+                    &format!("/admin/principals/{id}"),
+                    Some(serde_json::to_value(&req)?),
+                ))?)?
+            } else {
+                let state = offline(settings, &rt)?;
+                serde_json::to_value(rt.block_on(admin::change_logged(&state, &id, req)).map_err(admin_fail)?)?
+            }
+        }
         PrincipalCmd::Revoke { id } => {
             if online {
                 answer(rt.block_on(admin_client::call(
@@ -169,8 +208,10 @@ fn print(format: Format, v: &serde_json::Value) {
                 },
             );
         }
-    } else if v.get("revoked").is_some() {
+    } else if v.get("revoked").and_then(serde_json::Value::as_bool) == Some(true) {
         println!("revoked {}", v.get("id").unwrap_or(&serde_json::Value::Null).as_str().unwrap_or(""));
+    } else if let Some(id) = v.get("id").and_then(serde_json::Value::as_str) {
+        println!("changed {id}: {}", v.get("attrs").unwrap_or(&serde_json::Value::Null));
     } else {
         println!("{v}");
     }
