@@ -229,14 +229,14 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Answers 503 with `Retry-After` at once when `max_inflight` requests are in flight, so
-/// memory stays bounded and admitted requests keep their latency under overload.
+/// Answers 503 with `Retry-After` when `max_inflight` requests are in flight and the bounded
+/// admission queue is full or its wait ran out, so memory stays bounded under overload.
 async fn shed(State(state): State<AppState>, req: Request, next: Next) -> Response {
     // Probes and scrapes stay answerable under overload; they are cheap.
     if matches!(req.uri().path(), "/healthz" | "/metrics") {
         return next.run(req).await;
     }
-    let Some(_permit) = state.limits.enter() else {
+    let Some(_permit) = state.limits.enter().await else {
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "overloaded",

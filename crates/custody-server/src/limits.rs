@@ -1,18 +1,29 @@
 //! Overload protection: a bound on requests in flight, answered with 503 and `Retry-After`
 //! at saturation instead of queueing without end, and a token bucket per principal, answered
 //! with 429. Both are checked before any work is done for the request, so shedding is cheap.
+//!
+//! Between the two outcomes sits a short, bounded admission queue: at saturation up to
+//! `max_inflight` more requests wait (first come, first served) up to [`QUEUE_WAIT`] for a
+//! slot. A burst then costs latency instead of a 503 and a client's retry, and the server
+//! never idles while shed clients sleep out their `Retry-After`; memory stays bounded by twice
+//! `max_inflight` requests.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use custody_core::PrincipalId;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Longest a request waits in the admission queue for a slot before it is shed.
+pub const QUEUE_WAIT: Duration = Duration::from_millis(250);
 
 /// The server's limits.
 #[derive(Debug)]
 pub struct Limits {
     inflight: std::sync::Arc<Semaphore>,
+    /// Places in the admission queue.
+    waiting: std::sync::Arc<Semaphore>,
     /// Sustained requests per second per principal; 0 turns the limit off.
     rate: f64,
     /// Requests a principal may send at once above the rate.
@@ -35,15 +46,21 @@ impl Limits {
     pub fn new(max_inflight: usize, rate: f64, burst: u32) -> Self {
         Self {
             inflight: std::sync::Arc::new(Semaphore::new(max_inflight.max(1))),
+            waiting: std::sync::Arc::new(Semaphore::new(max_inflight.max(1))),
             rate: if rate.is_finite() && rate > 0.0 { rate } else { 0.0 },
             burst: f64::from(burst.max(1)),
             buckets: Mutex::new(HashMap::new()),
         }
     }
 
-    /// A slot for one request, or `None` at saturation.
-    pub fn enter(&self) -> Option<OwnedSemaphorePermit> {
-        self.inflight.clone().try_acquire_owned().ok()
+    /// A slot for one request: at once if one is free, else after a wait of at most
+    /// [`QUEUE_WAIT`] in the admission queue; `None` if the queue is full or the wait ran out.
+    pub async fn enter(&self) -> Option<OwnedSemaphorePermit> {
+        if let Ok(permit) = self.inflight.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        let _place = self.waiting.clone().try_acquire_owned().ok()?;
+        tokio::time::timeout(QUEUE_WAIT, self.inflight.clone().acquire_owned()).await.ok()?.ok()
     }
 
     /// Takes one token from `principal`'s bucket; `Err(seconds)` until one is available.
@@ -78,14 +95,32 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    #[test]
-    fn inflight_is_bounded() {
-        let l = Limits::new(2, 0.0, 1);
-        let a = l.enter().unwrap();
-        let _b = l.enter().unwrap();
-        assert!(l.enter().is_none());
+    #[tokio::test]
+    async fn inflight_is_bounded_and_the_queue_too() {
+        let l = std::sync::Arc::new(Limits::new(2, 0.0, 1));
+        let a = l.enter().await.unwrap();
+        let _b = l.enter().await.unwrap();
+        // Saturated: the next one waits its turn and is shed after QUEUE_WAIT.
+        let t = Instant::now();
+        assert!(l.enter().await.is_none());
+        assert!(t.elapsed() >= QUEUE_WAIT);
+        // A waiter gets the slot as soon as one frees up.
+        let waiter = tokio::spawn({
+            let l = l.clone();
+            async move { l.enter().await }
+        });
+        tokio::task::yield_now().await;
         drop(a);
-        assert!(l.enter().is_some());
+        let _held = waiter.await.unwrap().expect("the waiter got the freed slot");
+        // With two waiting (the queue holds max_inflight = 2), a third is shed at once.
+        let (l1, l2) = (l.clone(), l.clone());
+        let w1 = tokio::spawn(async move { l1.enter().await.is_some() });
+        let w2 = tokio::spawn(async move { l2.enter().await.is_some() });
+        tokio::task::yield_now().await;
+        assert!(l.enter().await.is_none());
+        // Shed without waiting: the two queued before it are still in their wait.
+        assert!(!w1.is_finished() && !w2.is_finished(), "a full queue sheds at once");
+        assert!(!w1.await.unwrap() && !w2.await.unwrap(), "no slot freed within QUEUE_WAIT");
     }
 
     #[test]
