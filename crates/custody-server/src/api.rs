@@ -315,7 +315,7 @@ async fn log_keys(State(s): State<AppState>) -> Result<Json<custody_api::LogKeys
             continue;
         };
         let size = custody_tlog::Checkpoint::parse(
-            &custody_tlog::Note::parse(handover.as_bytes()).map_err(|e| ApiError::internal(e.to_string()))?.text(),
+            custody_tlog::Note::parse(handover.as_bytes()).map_err(|e| ApiError::internal(e.to_string()))?.text(),
         )
         .map_err(|e| ApiError::internal(e.to_string()))?
         .size;
