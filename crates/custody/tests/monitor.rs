@@ -356,6 +356,7 @@ async fn the_monitor_follows_a_log_signing_key_rotation() {
     assert_eq!(keys["keys"][1], json!({"vkey": new_vkey.clone(), "from": announced + 1}));
     let handovers: Vec<custody_verify::KeyHandover> = serde_json::from_value(keys["handovers"].clone()).unwrap();
     assert_eq!(custody_verify::trusted_keys(&old_vkey, &handovers).unwrap(), vec![old_vkey.clone(), new_vkey.clone()]);
+    assert_eq!(auditor.trusted_log_keys(&old_vkey).await.unwrap(), vec![old_vkey.clone(), new_vkey.clone()]);
 
     // The monitor pinned to the old key follows the handover and goes on under the new key;
     // so does a fresh monitor that starts after the rotation.
