@@ -265,3 +265,24 @@ pub struct ErasureResponse {
     #[serde(default, skip_serializing_if = "Value::is_null")]
     pub inclusion: Value,
 }
+
+/// One key the log has signed checkpoints with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LogKey {
+    /// The verifier key, `<origin>+<key id>+<base64 key>`.
+    pub vkey: String,
+    /// The first entry index it signs for: 0 for the first key, the index after its
+    /// announcement for a rotated-to key.
+    pub from: u64,
+}
+
+/// `/log/keys`: every log signing key, and the handovers that chain each to the one before.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LogKeys {
+    /// Oldest first; the last is current.
+    pub keys: Vec<LogKey>,
+    /// One per rotation, in order, in the form `custody_verify::trusted_keys` takes
+    /// (`{"vkey", "entry", "handover", "proof"}`).
+    #[schema(value_type = Vec<Object>)]
+    pub handovers: Vec<Value>,
+}

@@ -180,6 +180,26 @@ impl Client {
         Ok(self.text("/log/key").await?.trim_end().to_string())
     }
 
+    /// Every log signing key that `pinned_vkey` (pinned out of band) reaches through the
+    /// handovers served at `/log/keys`, oldest first: a checkpoint or receipt signed by any of
+    /// them is the log's ([`custody_verify::trusted_keys`]).
+    ///
+    /// # Errors
+    /// [`ClientError::Receipt`] if a handover does not verify; other [`ClientError`]s.
+    pub async fn trusted_log_keys(&self, pinned_vkey: &str) -> Result<Vec<String>, ClientError> {
+        let text = self.text("/log/keys").await?;
+        let keys: custody_api::LogKeys = serde_json::from_str(&text)
+            .map_err(|_| ClientError::Decode { status: StatusCode::OK, body: text.chars().take(200).collect() })?;
+        let handovers: Vec<custody_verify::KeyHandover> = keys
+            .handovers
+            .into_iter()
+            .map(serde_json::from_value)
+            .collect::<Result<_, _>>()
+            .map_err(|e| ClientError::Receipt(format!("a key handover is malformed: {e}")))?;
+        custody_verify::trusted_keys(pinned_vkey, &handovers)
+            .map_err(|e| ClientError::Receipt(format!("a log key handover does not verify: {e}")))
+    }
+
     /// The latest signed checkpoint from `/log/checkpoint`.
     ///
     /// # Errors

@@ -283,6 +283,10 @@ pub struct KeyEvent {
     pub version: Option<u32>,
     /// Which key provider holds or wraps it (`file`, `pkcs11`).
     pub provider: String,
+    /// For the log's signing key (`key` = `log`, `change` = `rotated`): the new checkpoint
+    /// verifier key, `<origin>+<key id>+<base64 key>`, announced in an entry the old key signs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verifier_key: Option<String>,
 }
 
 impl LogEntry {

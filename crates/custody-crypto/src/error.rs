@@ -34,4 +34,13 @@ pub enum CryptoError {
     /// The current KEK cannot be destroyed; rotate to a new one first.
     #[error("KEK version {0} is current; rotate to a new KEK before destroying it")]
     KekInUse(u32),
+    /// The key provider (an HSM) failed or refused an operation; `detail` names the call and
+    /// the provider's reason. Callers fail closed: nothing is wrapped or unwrapped.
+    #[error("key provider `{provider}`: {detail}")]
+    Provider {
+        /// The provider (`pkcs11`).
+        provider: &'static str,
+        /// What failed and why.
+        detail: String,
+    },
 }

@@ -21,7 +21,18 @@
 //! tile/…/<N>.p/<W>            the open tiles, written only at a clean stop
 //! checkpoint                  the latest signed checkpoint (a signed note)
 //! key                         the log's Ed25519 note key, `PRIVATE+KEY+<origin>+…`, mode 0600
+//! keys.json                   every checkpoint key the log has signed with ([`KeyRecord`])
 //! ```
+//!
+//! ## Rotating the signing key
+//!
+//! [`Log::new_signing_key`] makes a new key (saved as `key.next`); the caller logs an entry
+//! announcing its verifier key, which the old key signs; [`Log::adopt_signing_key`] then
+//! signs a *handover* checkpoint with the old key covering that entry, records both in
+//! `keys.json`, makes the new key current and only then drops the old one. Checkpoints and
+//! receipts signed before still verify under the old verifier key; a follower that trusts
+//! the old key checks the handover checkpoint and the announcement's inclusion under it
+//! before trusting the new key.
 //!
 //! While the log runs, the open (partial) tile of each level and the open entry bundle are
 //! served from memory: a file per batch made file creation the bottleneck.
@@ -307,8 +318,51 @@ struct Shared {
     /// Full tiles published but not yet in the store: the tile writer creates their files
     /// off the path of acknowledgements, and readers take them from here meanwhile.
     unwritten: Mutex<HashMap<Tile, Arc<Vec<u8>>>>,
-    verifier: Ed25519Verifier,
+    /// The current signing key; the writer and checkpointer sign with whatever it holds.
+    signer: RwLock<Ed25519Signer>,
+    /// Every key the log has signed with, oldest first (the last is `signer`'s).
+    keys: RwLock<Vec<KeyRecord>>,
+    /// One key rotation at a time.
+    rotating: Mutex<()>,
+    /// `<data dir>/log`, where the key files live.
+    key_dir: PathBuf,
     origin: String,
+}
+
+impl Shared {
+    fn signer(&self) -> Ed25519Signer {
+        self.signer.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+/// One checkpoint signing key of the log, and how it was handed over to.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KeyRecord {
+    /// The verifier key, `<origin>+<key id>+<base64 key>`.
+    pub vkey: String,
+    /// The index of the entry announcing it; `None` for the log's first key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announced_at: Option<u64>,
+    /// The checkpoint signed by the previous key whose tree holds the announcement (its size
+    /// is at least `announced_at + 1`); `None` for the first key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handover: Option<String>,
+}
+
+/// A new signing key, saved as `key.next` but not yet signing; see [`Log::adopt_signing_key`].
+pub struct NextKey(Ed25519Signer);
+
+impl std::fmt::Debug for NextKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("NextKey").field(&self.0.verifier_key()).finish()
+    }
+}
+
+impl NextKey {
+    /// The new key's verifier key, to announce in the log.
+    pub fn verifier_key(&self) -> String {
+        self.0.verifier_key()
+    }
 }
 
 /// The published tree as readers see it: open tiles from memory, full ones from the store.
@@ -387,7 +441,13 @@ impl Log {
         let dir = cfg.dir.join("log");
         fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         let signer = load_or_create_key(&dir.join("key"), &cfg.origin)?;
-        let recovered = recover(store.as_ref(), &signer, &cfg.origin)?;
+        let keys = load_key_history(&dir, &signer)?;
+        let verifiers = keys
+            .iter()
+            .map(|k| Ed25519Verifier::from_verifier_key(&k.vkey))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| LogError::Key { path: dir.join(KEYS_FILE), detail: e.to_string() })?;
+        let recovered = recover(store.as_ref(), &verifiers, &cfg.origin)?;
         let shared = Arc::new(Shared {
             failed: AtomicBool::new(false),
             published: RwLock::new(Published {
@@ -396,13 +456,15 @@ impl Log {
             }),
             store,
             unwritten: Mutex::new(HashMap::new()),
-            verifier: signer.verifier(),
+            signer: RwLock::new(signer),
+            keys: RwLock::new(keys),
+            rotating: Mutex::new(()),
+            key_dir: dir.clone(),
             origin: cfg.origin.clone(),
         });
-        let mut checkpointer =
-            Checkpointer { signer: signer.clone(), written: recovered.checkpoint, shared: shared.clone() };
+        let mut checkpointer = Checkpointer { written: recovered.checkpoint, shared: shared.clone() };
         checkpointer.checkpoint(recovered.builder.size(), recovered.builder.root()).map_err(LogError::Failed)?;
-        let mut writer = Writer { next: recovered.builder.size(), signer, shared: shared.clone() };
+        let mut writer = Writer { next: recovered.builder.size(), shared: shared.clone() };
         // Past this many batches of full tiles waiting for their files, the publisher waits.
         let (tiles_tx, tiles_rx) = mpsc::sync_channel::<FullTiles>(64);
         let mut publisher = Publisher { builder: recovered.builder, tiles: tiles_tx, shared: shared.clone() };
@@ -463,14 +525,96 @@ impl Log {
         self.shared.published.read().unwrap_or_else(PoisonError::into_inner).checkpoint.clone()
     }
 
-    /// The verifier of the log's key, for receipts and checkpoints.
-    pub fn verifier(&self) -> &Ed25519Verifier {
-        &self.shared.verifier
+    /// The verifier of the log's current key, for receipts and checkpoints.
+    pub fn verifier(&self) -> Ed25519Verifier {
+        self.shared.signer().verifier()
     }
 
-    /// The log's vkey, `<origin>+<key id>+<base64 key>`.
+    /// The log's current vkey, `<origin>+<key id>+<base64 key>`.
     pub fn verifier_key(&self) -> String {
-        self.shared.verifier.verifier_key()
+        self.shared.signer().verifier_key()
+    }
+
+    /// Every key the log has signed checkpoints with, oldest first; the last is current.
+    pub fn key_history(&self) -> Vec<KeyRecord> {
+        self.shared.keys.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// The entry at `index`, as logged.
+    ///
+    /// # Errors
+    /// [`LogError::SizeOutOfRange`] past the published tree; a tile that cannot be read.
+    pub fn entry(&self, index: u64) -> Result<Vec<u8>, LogError> {
+        let open = self.open_tiles();
+        let published = open.size();
+        if index >= published {
+            return Err(LogError::SizeOutOfRange { size: index + 1, published });
+        }
+        let w = u64::from(TILE_WIDTH);
+        let first = index - index % w;
+        let width = u16::try_from((published - first).min(w)).unwrap_or(TILE_WIDTH);
+        let tile = Tile::entries(index / w, width).map_err(custody_tlog::Error::from)?;
+        let view = View { store: self.shared.store.as_ref(), unwritten: &self.shared.unwritten, open };
+        let path = || self.shared.store.location(Item::Tile(&tile));
+        let data = view.read(&tile)?.ok_or_else(|| LogError::Tampered { path: path(), detail: "missing".into() })?;
+        let entries = custody_tlog::tile::decode_entry_bundle(&data, width)
+            .map_err(|e| LogError::Tampered { path: path(), detail: e.to_string() })?;
+        entries
+            .get(usize::try_from(index - first).unwrap_or(usize::MAX))
+            .map(|e| e.to_vec())
+            .ok_or_else(|| LogError::Tampered { path: path(), detail: format!("entry {index} is not in it") })
+    }
+
+    /// Starts a signing-key rotation: generates a new key and saves it as `key.next` (mode
+    /// 0600). Log an entry announcing [`NextKey::verifier_key`], then call
+    /// [`Log::adopt_signing_key`] with its index.
+    ///
+    /// # Errors
+    /// The key file cannot be written.
+    pub fn new_signing_key(&self) -> Result<NextKey, LogError> {
+        let path = self.shared.key_dir.join(NEXT_KEY_FILE);
+        let signer = Ed25519Signer::generate(&self.shared.origin, &mut rand::rngs::OsRng)
+            .map_err(|e| LogError::Key { path: path.clone(), detail: e.to_string() })?;
+        write_private(&path, format!("{}\n", signer.signer_key().as_str()).as_bytes())?;
+        Ok(NextKey(signer))
+    }
+
+    /// Finishes a rotation: with the old key, signs a handover checkpoint of the tree as it
+    /// stands (which must hold the announcement at `announced_at`), records the new key in
+    /// `keys.json`, makes it current (`key.next` becomes `key`). Later checkpoints and
+    /// receipts are signed by the new key.
+    ///
+    /// # Errors
+    /// [`LogError::Key`] if `announced_at` is not an entry announcing this key; I/O errors.
+    pub fn adopt_signing_key(&self, next: NextKey, announced_at: u64) -> Result<KeyRecord, LogError> {
+        let _one = self.shared.rotating.lock().unwrap_or_else(PoisonError::into_inner);
+        let vkey = next.verifier_key();
+        let key_err = |detail: String| LogError::Key { path: self.shared.key_dir.join(KEYS_FILE), detail };
+        let entry = self.entry(announced_at)?;
+        let announced: serde_json::Value =
+            serde_json::from_slice(&entry).map_err(|e| key_err(format!("entry {announced_at} is not JSON: {e}")))?;
+        if announced.get("verifier_key").and_then(|v| v.as_str()) != Some(vkey.as_str()) {
+            return Err(key_err(format!("entry {announced_at} does not announce `{vkey}`")));
+        }
+        let size = self.size();
+        let root = self.root(size)?;
+        let old = self.shared.signer();
+        let handover = Checkpoint::new(self.shared.origin.clone(), size, root)
+            .sign(&old)
+            .map_err(|e| key_err(format!("cannot sign the handover checkpoint: {e}")))?
+            .to_string();
+        let record = KeyRecord { vkey, announced_at: Some(announced_at), handover: Some(handover) };
+        let mut history = self.key_history();
+        history.push(record.clone());
+        let json = serde_json::to_vec_pretty(&history).map_err(|e| key_err(e.to_string()))?;
+        write_private(&self.shared.key_dir.join(KEYS_FILE), &json)?;
+        let next_path = self.shared.key_dir.join(NEXT_KEY_FILE);
+        let key_path = self.shared.key_dir.join("key");
+        fs::rename(&next_path, &key_path).map_err(io_err("rename", &next_path))?;
+        sync_dir(&self.shared.key_dir)?;
+        *self.shared.keys.write().unwrap_or_else(PoisonError::into_inner) = history;
+        *self.shared.signer.write().unwrap_or_else(PoisonError::into_inner) = next.0;
+        Ok(record)
     }
 
     /// The contents of a tile or entry bundle at its C2SP path (`tile/0/x001/067.p/12`,
@@ -587,6 +731,65 @@ fn sync_dir(dir: &Path) -> Result<(), LogError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("sync", dir))
 }
 
+/// The key history file in `<data dir>/log`.
+const KEYS_FILE: &str = "keys.json";
+/// A key made by [`Log::new_signing_key`] and not yet adopted.
+const NEXT_KEY_FILE: &str = "key.next";
+
+/// Writes `bytes` to `path` atomically (temporary file of mode 0600, fsync, rename, fsync).
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), LogError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut opts = OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(&tmp).map_err(io_err("create", &tmp))?;
+    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(io_err("write", &tmp))?;
+    fs::rename(&tmp, path).map_err(io_err("rename", &tmp))?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Reads `keys.json` (a log without one has signed with its one key only) and checks that
+/// its last key is the key file's. Finishes a rotation that stopped between recording the new
+/// key and renaming `key.next`, and drops a `key.next` that was never adopted.
+fn load_key_history(dir: &Path, signer: &Ed25519Signer) -> Result<Vec<KeyRecord>, LogError> {
+    let path = dir.join(KEYS_FILE);
+    let key_err = |detail: String| LogError::Key { path: path.clone(), detail };
+    let history: Vec<KeyRecord> = match fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| key_err(format!("not a key history: {e}")))?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            vec![KeyRecord { vkey: signer.verifier_key(), announced_at: None, handover: None }]
+        }
+        Err(e) => return Err(io_err("read", &path)(e)),
+    };
+    let last = history.last().map(|k| k.vkey.clone()).unwrap_or_default();
+    let next = dir.join(NEXT_KEY_FILE);
+    if last != signer.verifier_key() {
+        let text = fs::read_to_string(&next).map_err(|_| {
+            key_err(format!("the current key is `{last}`, but `key` holds `{}`", signer.verifier_key()))
+        })?;
+        let adopted = Ed25519Signer::from_signer_key(text.trim_end()).map_err(|e| key_err(e.to_string()))?;
+        if adopted.verifier_key() != last {
+            return Err(key_err(format!("neither `key` nor `key.next` holds the current key `{last}`")));
+        }
+        fs::rename(&next, dir.join("key")).map_err(io_err("rename", &next))?;
+        sync_dir(dir)?;
+        return Err(LogError::Key {
+            path: next,
+            detail: "an interrupted key rotation was completed; open the log again".into(),
+        });
+    }
+    if next.exists() {
+        fs::remove_file(&next).map_err(io_err("remove", &next))?;
+    }
+    Ok(history)
+}
+
 /// Reads the key file, or creates it (mode 0600) with a new key named `origin`.
 fn load_or_create_key(path: &Path, origin: &str) -> Result<Ed25519Signer, LogError> {
     let key_err = |detail: String| LogError::Key { path: path.to_path_buf(), detail };
@@ -630,12 +833,14 @@ struct Recovered {
 
 /// Replays the write-ahead frames, checks every tile, bundle and the checkpoint against them,
 /// cuts a torn tail, and writes missing tiles. See the crate docs for the argument.
-fn recover(store: &dyn LogStorage, signer: &Ed25519Signer, origin: &str) -> Result<Recovered, LogError> {
+fn recover(store: &dyn LogStorage, verifiers: &[Ed25519Verifier], origin: &str) -> Result<Recovered, LogError> {
     let wal_path = store.location(Item::Frames);
     let checkpoint_path = store.location(Item::Checkpoint);
     let stored = match store.read_checkpoint().map_err(io_err("read", &checkpoint_path))? {
         Some(bytes) => {
-            let (c, _) = Checkpoint::open(&bytes, origin, &[&signer.verifier()])
+            let verifiers: Vec<&dyn custody_tlog::NoteVerifier> =
+                verifiers.iter().map(|v| v as &dyn custody_tlog::NoteVerifier).collect();
+            let (c, _) = Checkpoint::open(&bytes, origin, &verifiers)
                 .map_err(|e| LogError::Tampered { path: checkpoint_path.clone(), detail: e.to_string() })?;
             Some(c)
         }
@@ -783,7 +988,6 @@ struct Durable {
 struct Writer {
     /// Index of the next entry.
     next: u64,
-    signer: Ed25519Signer,
     shared: Arc<Shared>,
 }
 
@@ -861,7 +1065,7 @@ impl Writer {
             msg
         };
         // Signing before the sync is safe: receipts are handed out only after it.
-        let receipts = match sign_batch(&self.signer, &self.shared.origin, start, &leaves) {
+        let receipts = match sign_batch(&self.shared.signer(), &self.shared.origin, start, &leaves) {
             Ok(r) => r,
             Err(e) => return Err(fail_all(acks, format!("cannot sign batch: {e}"))),
         };
@@ -962,7 +1166,6 @@ fn write_tiles(shared: &Shared, rx: &Receiver<FullTiles>) -> Result<(), String> 
 /// The checkpoint stage: signs the tree heads the publisher sends and writes each durably,
 /// off the path of appends, so its syncs never hold up a batch.
 struct Checkpointer {
-    signer: Ed25519Signer,
     /// Size of the last checkpoint written.
     written: Option<u64>,
     shared: Arc<Shared>,
@@ -989,7 +1192,7 @@ impl Checkpointer {
             return Ok(());
         }
         let text = Checkpoint::new(self.shared.origin.clone(), size, root)
-            .sign(&self.signer)
+            .sign(&self.shared.signer())
             .map_err(|e| format!("cannot sign checkpoint: {e}"))?
             .to_string();
         if self.written != Some(size) {

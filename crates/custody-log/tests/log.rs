@@ -63,7 +63,7 @@ fn append_concurrent(log: &Log, from: u64, to: u64, threads: u64) -> Vec<(Vec<u8
 }
 
 fn signed_checkpoint(log: &Log) -> Checkpoint {
-    Checkpoint::open(log.checkpoint_text().as_bytes(), ORIGIN, &[log.verifier()]).unwrap().0
+    Checkpoint::open(log.checkpoint_text().as_bytes(), ORIGIN, &[&log.verifier()]).unwrap().0
 }
 
 fn log_dir(dir: &Path) -> PathBuf {
@@ -155,7 +155,7 @@ async fn audit_sink_receipts_commit_to_the_event_json() {
         assert_eq!(receipt.index, got.index);
         let entry = got.detail["entry"].as_str().unwrap();
         assert_eq!(entry.as_bytes(), serde_json::to_vec(&ev).unwrap(), "the receipt carries the exact entry");
-        receipt.verify(log.verifier(), entry.as_bytes()).unwrap();
+        receipt.verify(&log.verifier(), entry.as_bytes()).unwrap();
     }
 }
 
@@ -554,4 +554,44 @@ fn the_log_runs_on_any_storage() {
     mem.tiles.lock().unwrap().get_mut("tile/0/001").unwrap()[5] ^= 1;
     let err = Log::open_with(cfg(dir.path()), mem).unwrap_err().to_string();
     assert!(err.contains("tile/0/001") || err.contains("Tile"), "{err}");
+}
+
+#[test]
+fn a_rotated_signing_key_survives_reopening_and_old_checkpoints_still_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(cfg(dir.path())).unwrap();
+    append_seq(&log, (0..10).map(entry));
+    let old = log.verifier();
+    let old_vkey = log.verifier_key();
+    let next = log.new_signing_key().unwrap();
+    assert!(log_dir(dir.path()).join("key.next").exists());
+    let announcement =
+        format!(r#"{{"kind":"key","key":"log","change":"rotated","verifier_key":"{}"}}"#, next.verifier_key());
+    let r = append_seq(&log, [announcement.into_bytes()]);
+    let index = r[0].index;
+    let record = log.adopt_signing_key(next, index).unwrap();
+    let handover = record.handover.clone().unwrap();
+    let (c, _) = Checkpoint::open(handover.as_bytes(), ORIGIN, &[&old]).unwrap();
+    assert!(c.size > index);
+    assert_ne!(log.verifier_key(), old_vkey);
+    let after = append_seq(&log, (10..20).map(entry));
+    after[0].verify(&log.verifier(), &entry(10)).unwrap();
+    assert!(after[0].verify(&old, &entry(10)).is_err());
+    let new_vkey = log.verifier_key();
+    log.close().unwrap();
+    assert!(!log_dir(dir.path()).join("key.next").exists());
+
+    let log = Log::open(cfg(dir.path())).unwrap();
+    assert_eq!(log.verifier_key(), new_vkey);
+    let history = log.key_history();
+    assert_eq!(history.iter().map(|k| k.vkey.clone()).collect::<Vec<_>>(), vec![old_vkey, new_vkey]);
+    assert_eq!(history[1].announced_at, Some(index));
+    signed_checkpoint(&log);
+    // A key made but never adopted is dropped at open; the current key stays.
+    let _ = log.new_signing_key().unwrap();
+    let current = log.verifier_key();
+    log.close().unwrap();
+    let log = Log::open(cfg(dir.path())).unwrap();
+    assert_eq!(log.verifier_key(), current);
+    assert!(!log_dir(dir.path()).join("key.next").exists());
 }

@@ -14,6 +14,15 @@
 //!
 //! Step 3 alone proves the new tree extends the verified one; the consistency proof in step 2
 //! tells a rewritten history apart from altered entry bundles.
+//!
+//! ## Key rotation
+//!
+//! A checkpoint signed by no trusted key is not yet a fault: the follower fetches the log's
+//! key handovers (`/log/keys`) and accepts a new key only through a chain starting at the
+//! pinned key, each link a checkpoint signed by the key before that includes an entry
+//! announcing the next ([`custody_verify::trusted_keys`]). It first follows each handover
+//! checkpoint it has not reached, under the old key, as an ordinary step. A checkpoint signed
+//! by a key no such chain reaches is still `bad-signature`.
 
 use std::sync::Arc;
 
@@ -183,7 +192,9 @@ impl EntrySink for crate::state::EntryWriter {
 #[derive(Debug)]
 pub struct Follower {
     log: HttpLog,
-    verifier: Arc<Ed25519Verifier>,
+    /// The pinned key first, then keys accepted through verified handovers.
+    keys: Vec<String>,
+    verifiers: Arc<Vec<Ed25519Verifier>>,
     config: FollowConfig,
     state: Option<StateDir>,
     verified: Option<Verified>,
@@ -215,12 +226,20 @@ impl Follower {
         config: FollowConfig,
         state: Option<StateDir>,
     ) -> Result<Follower, MonitorError> {
-        let verifier = custody_verify::log_verifier(vkey).map_err(|e| MonitorError::Key(e.to_string()))?;
+        let mut keys = vec![vkey.to_owned()];
         let verified = match &state {
-            Some(s) => s.load()?,
+            Some(s) => {
+                keys.extend(s.load_keys()?.into_iter().filter(|k| k != vkey));
+                s.load()?
+            }
             None => None,
         };
-        Ok(Follower { log, verifier: Arc::new(verifier), config, state, verified })
+        let verifiers = keys
+            .iter()
+            .map(|k| custody_verify::log_verifier(k))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| MonitorError::Key(e.to_string()))?;
+        Ok(Follower { log, keys, verifiers: Arc::new(verifiers), config, state, verified })
     }
 
     /// The last verified checkpoint.
@@ -243,6 +262,75 @@ impl Follower {
     /// misbehaved. Nothing is stored in either case.
     pub async fn step(&mut self, sink: &mut (dyn EntrySink + Send)) -> Result<Result<Step, LogFault>, MonitorError> {
         let signed = self.log.checkpoint().await?;
+        if let Err(fault) = self.check_signatures(&signed) {
+            if matches!(fault, LogFault::BadSignature { .. })
+                && let Some(outcome) = self.follow_handovers(sink).await?
+            {
+                if let Err(f) = outcome {
+                    return Ok(Err(f));
+                }
+                if self.check_signatures(&signed).is_ok() {
+                    return self.step_to(signed, sink).await;
+                }
+            }
+            return Ok(Err(fault));
+        }
+        self.step_to(signed, sink).await
+    }
+
+    /// The keys trusted now: the pinned one first.
+    pub fn keys(&self) -> &[String] {
+        &self.keys
+    }
+
+    /// Accepts the log keys that verified handovers chain to from the pinned key, following
+    /// (as ordinary steps) each handover checkpoint beyond the verified tree. `None` if no
+    /// new key was accepted; `Some(Err)` if following a handover showed a fault.
+    async fn follow_handovers(
+        &mut self,
+        sink: &mut dyn EntrySink,
+    ) -> Result<Option<Result<(), LogFault>>, MonitorError> {
+        let handovers = self.log.key_handovers().await?;
+        let pinned = self.keys.first().cloned().unwrap_or_default();
+        let chain = match custody_verify::trusted_keys(&pinned, &handovers) {
+            Ok(chain) => chain,
+            Err(e) => {
+                tracing::warn!(error = %e, "the log's key handovers do not verify; no new key accepted");
+                return Ok(None);
+            }
+        };
+        let mut accepted = false;
+        for (h, vkey) in handovers.iter().zip(chain.iter().skip(1)) {
+            if self.keys.contains(vkey) {
+                continue;
+            }
+            let verified_size = self.verified.as_ref().map_or(0, |v| v.checkpoint.size);
+            if h.proof.size > verified_size {
+                match self.step_to(h.handover.clone(), sink).await? {
+                    Ok(_) => {}
+                    Err(f) => return Ok(Some(Err(f))),
+                }
+            }
+            let verifier = custody_verify::log_verifier(vkey).map_err(|e| MonitorError::Key(e.to_string()))?;
+            self.keys.push(vkey.clone());
+            let mut verifiers = self.verifiers.as_ref().clone();
+            verifiers.push(verifier);
+            self.verifiers = Arc::new(verifiers);
+            if let Some(s) = &self.state {
+                s.save_keys(self.keys.get(1..).unwrap_or_default())?;
+            }
+            tracing::info!(vkey = %vkey, announced_at = h.proof.index, "log signing key rotated; following the new key");
+            accepted = true;
+        }
+        Ok(accepted.then_some(Ok(())))
+    }
+
+    /// Checks `signed` (a checkpoint served by the log) and every entry up to it.
+    async fn step_to(
+        &mut self,
+        signed: String,
+        sink: &mut dyn EntrySink,
+    ) -> Result<Result<Step, LogFault>, MonitorError> {
         let checkpoint = match self.check_signatures(&signed) {
             Ok(c) => c,
             Err(f) => return Ok(Err(f)),
@@ -324,7 +412,9 @@ impl Follower {
 
     fn check_signatures(&self, signed: &str) -> Result<Checkpoint, LogFault> {
         use custody_tlog::Error as E;
-        let note = Note::open(signed.as_bytes(), &[self.verifier.as_ref()]).map_err(|e| LogFault::BadSignature {
+        let verifiers: Vec<&dyn custody_tlog::NoteVerifier> =
+            self.verifiers.iter().map(|v| v as &dyn custody_tlog::NoteVerifier).collect();
+        let note = Note::open(signed.as_bytes(), &verifiers).map_err(|e| LogFault::BadSignature {
             detail: match e {
                 E::UnverifiedNote => "no signature by the log key".to_owned(),
                 E::InvalidSignature { .. } => "the log key's signature does not verify".to_owned(),

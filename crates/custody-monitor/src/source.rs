@@ -57,6 +57,23 @@ impl HttpLog {
             .ok_or_else(|| MonitorError::Fetch { url: format!("{}/{path}", self.base), detail: "HTTP 404".into() })
     }
 
+    /// The log's key handovers from `/log/keys` (none from a log that never rotated its key
+    /// or does not serve the list). Each is checked by the caller, never trusted as served.
+    ///
+    /// # Errors
+    ///
+    /// [`MonitorError::Fetch`] if unreachable or not the expected JSON.
+    pub async fn key_handovers(&self) -> Result<Vec<custody_verify::KeyHandover>, MonitorError> {
+        #[derive(serde::Deserialize)]
+        struct Keys {
+            handovers: Vec<custody_verify::KeyHandover>,
+        }
+        let Some(body) = self.get("keys").await? else { return Ok(Vec::new()) };
+        let keys: Keys = serde_json::from_slice(&body)
+            .map_err(|e| MonitorError::Fetch { url: format!("{}/keys", self.base), detail: e.to_string() })?;
+        Ok(keys.handovers)
+    }
+
     /// The signed checkpoint text as served.
     ///
     /// # Errors

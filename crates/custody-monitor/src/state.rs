@@ -121,6 +121,31 @@ impl StateDir {
         write_atomic(&self.file("checkpoint"), verified.signed.as_bytes())
     }
 
+    /// The log keys accepted through verified handovers (`keys`, one vkey a line), beyond
+    /// the pinned one.
+    ///
+    /// # Errors
+    ///
+    /// [`MonitorError::State`] if the file exists but cannot be read.
+    pub fn load_keys(&self) -> Result<Vec<String>, MonitorError> {
+        let path = self.file("keys");
+        match fs::read_to_string(&path) {
+            Ok(text) => Ok(text.lines().filter(|l| !l.is_empty()).map(str::to_owned).collect()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(MonitorError::state(&path)(e)),
+        }
+    }
+
+    /// Replaces the accepted log keys (atomically).
+    ///
+    /// # Errors
+    ///
+    /// [`MonitorError::State`] if it cannot be written.
+    pub fn save_keys(&self, keys: &[String]) -> Result<(), MonitorError> {
+        let text: String = keys.iter().map(|k| format!("{k}\n")).collect();
+        write_atomic(&self.file("keys"), text.as_bytes())
+    }
+
     /// Keeps only entries with index below `size` in `entries.jsonl`.
     fn truncate_entries(&self, size: u64) -> Result<(), MonitorError> {
         let path = self.file("entries.jsonl");

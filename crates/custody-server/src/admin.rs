@@ -323,6 +323,8 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/admin/keys/kek/rotate", post(kek_begin))
         .route("/admin/keys/kek/rotate/step", post(kek_step))
         .route("/admin/keys/kek/rotate/finish", post(kek_finish))
+        .route("/admin/keys/log", get(log_keys))
+        .route("/admin/keys/log/rotate", post(log_key_rotate))
         .with_state(state)
 }
 
@@ -414,6 +416,7 @@ fn key_event(s: &ServerState, change: &str, version: u32) -> LogEntry {
         subject: None,
         version: Some(version),
         provider: s.guard.vault().provider_name().to_string(),
+        verifier_key: None,
     })
 }
 
@@ -516,4 +519,79 @@ async fn kek_step(
 
 async fn kek_finish(State(s): State<Arc<ServerState>>) -> Result<Json<KekRotation>, ApiError> {
     Ok(Json(kek_rotation_finish(&s).await?))
+}
+
+/// The log's signing keys after a rotation, or as they stand.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LogKeyRotation {
+    /// The verifier key now signing checkpoints and receipts.
+    pub current: String,
+    /// Every key the log has signed with, oldest first.
+    pub keys: Vec<String>,
+    /// For a rotation: the index of the entry announcing the new key.
+    pub announced_at: Option<u64>,
+}
+
+fn log_keys_of(log: &custody_log::Log, announced_at: Option<u64>) -> LogKeyRotation {
+    LogKeyRotation {
+        current: log.verifier_key(),
+        keys: log.key_history().into_iter().map(|k| k.vkey).collect(),
+        announced_at,
+    }
+}
+
+fn the_log(s: &ServerState) -> Result<&Arc<custody_log::Log>, AdminError> {
+    s.log.as_ref().ok_or_else(|| AdminError::Invalid("this server has no transparency log".into()))
+}
+
+/// The log's signing keys.
+///
+/// # Errors
+/// [`AdminError::Invalid`] without a transparency log.
+pub fn log_key_status(s: &ServerState) -> Result<LogKeyRotation, AdminError> {
+    Ok(log_keys_of(the_log(s)?, None))
+}
+
+/// Rotates the log's checkpoint signing key: a new key is made, announced in an entry signed
+/// by the old key, a handover checkpoint covering it is signed by the old key, and the new
+/// key signs from then on. Checkpoints signed before still verify under the old key.
+///
+/// # Errors
+/// [`AdminError::Invalid`] without a transparency log; [`AdminError::Log`] if the announcement
+/// could not be logged (the old key then stays current) or the handover failed.
+pub async fn log_key_rotation(s: &ServerState) -> Result<LogKeyRotation, AdminError> {
+    let log = the_log(s)?.clone();
+    let next = log.new_signing_key().map_err(|e| AdminError::Log(format!("cannot make a new log key: {e}")))?;
+    let version = u32::try_from(log.key_history().len() + 1).unwrap_or(u32::MAX);
+    let entry = LogEntry::Key(KeyEvent {
+        v: 1,
+        kind: "key".into(),
+        time: time::OffsetDateTime::now_utc(),
+        change: "rotated".into(),
+        key: "log".into(),
+        subject: None,
+        version: Some(version),
+        provider: "file".into(),
+        verifier_key: Some(next.verifier_key()),
+    });
+    let receipt = s
+        .guard
+        .log(&entry)
+        .await
+        .map_err(|e| AdminError::Log(format!("the new log key could not be announced: {e}")))?;
+    let adopt = log.clone();
+    tokio::task::spawn_blocking(move || adopt.adopt_signing_key(next, receipt.index))
+        .await
+        .map_err(|e| AdminError::Log(e.to_string()))?
+        .map_err(|e| AdminError::Log(format!("the new log key was announced but not adopted: {e}")))?;
+    tracing::info!(index = receipt.index, vkey = %log.verifier_key(), "log signing key rotated");
+    Ok(log_keys_of(&log, Some(receipt.index)))
+}
+
+async fn log_keys(State(s): State<Arc<ServerState>>) -> Result<Json<LogKeyRotation>, ApiError> {
+    Ok(Json(log_key_status(&s)?))
+}
+
+async fn log_key_rotate(State(s): State<Arc<ServerState>>) -> Result<Json<LogKeyRotation>, ApiError> {
+    Ok(Json(log_key_rotation(&s).await?))
 }

@@ -213,6 +213,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/subjects/{subject}/erase", post(erase_subject))
         .route("/log/checkpoint", get(log_checkpoint))
         .route("/log/key", get(log_key))
+        .route("/log/keys", get(log_keys))
         .route("/v1/deploy/build-key", get(build_key))
         // tlog-tiles: entry bundles SHOULD be compressed at the HTTP layer.
         .route("/log/tile/{*path}", get(log_tile).layer(tower_http::compression::CompressionLayer::new()))
@@ -299,6 +300,37 @@ async fn log_checkpoint(State(s): State<AppState>) -> Result<Response, ApiError>
 /// The log's verifier key, `name+keyid+base64`.
 async fn log_key(State(s): State<AppState>) -> Result<Response, ApiError> {
     Ok(text(format!("{}\n", the_log(&s)?.verifier_key()), "public, max-age=3600"))
+}
+
+/// Every key the log has signed checkpoints with (oldest first, each with the index from
+/// which it signs) and, for each rotation, the handover a follower trusting the old key
+/// checks before trusting the new one ([`custody_verify::KeyHandover`]).
+async fn log_keys(State(s): State<AppState>) -> Result<Json<custody_api::LogKeys>, ApiError> {
+    let log = the_log(&s)?;
+    let mut keys = Vec::new();
+    let mut handovers = Vec::new();
+    for record in log.key_history() {
+        let (Some(index), Some(handover)) = (record.announced_at, record.handover) else {
+            keys.push(custody_api::LogKey { vkey: record.vkey, from: 0 });
+            continue;
+        };
+        let size = custody_tlog::Checkpoint::parse(
+            custody_tlog::Note::parse(handover.as_bytes()).map_err(|e| ApiError::internal(e.to_string()))?.text(),
+        )
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .size;
+        let entry = log.entry(index).map_err(|e| ApiError::internal(e.to_string()))?;
+        let proof = log.prove_inclusion(index, size).map_err(|e| ApiError::internal(e.to_string()))?;
+        keys.push(custody_api::LogKey { vkey: record.vkey.clone(), from: index + 1 });
+        let h = custody_verify::KeyHandover {
+            vkey: record.vkey,
+            entry: String::from_utf8_lossy(&entry).into_owned(),
+            handover,
+            proof: custody_verify::InclusionProof { index, size, proof },
+        };
+        handovers.push(serde_json::to_value(h).map_err(|e| ApiError::internal(e.to_string()))?);
+    }
+    Ok(Json(custody_api::LogKeys { keys, handovers }))
 }
 
 /// The provider's build key, which signs build provenance (DSSE `keyid` and Ed25519 public

@@ -598,6 +598,7 @@ impl Guard {
                 subject: Some(self.vault.pseudonyms().subject(it.subject.as_str())),
                 version: Some(*version),
                 provider: self.vault.provider_name().to_string(),
+                verifier_key: None,
             });
             key_events.push(self.audit.submit(&entry).inspect_err(|_| self.metrics.audit_failure())?);
         }
@@ -680,6 +681,7 @@ impl Guard {
                 subject: Some(pseudonym),
                 version: Some(version),
                 provider: self.vault.provider_name().to_string(),
+                verifier_key: None,
             }))
             .await?;
         }

@@ -25,4 +25,4 @@ pub mod witness;
 pub use custody_api as wire;
 pub use error::ApiError;
 pub use guard::{Guard, GuardError};
-pub use setup::{DataDir, ServerConfig, ServerState};
+pub use setup::{DataDir, KeyProviderConfig, ServerConfig, ServerState};

@@ -29,7 +29,8 @@ use custody_core::{Jurisdiction, KeyEvent, LogEntry, PolicySetEvent, Schema};
 use custody_policy::LoadedPolicies;
 
 use crate::guard::GuardError;
-use custody_crypto::FileKeyProvider;
+use custody_crypto::{FileKeyProvider, KeyProvider};
+use custody_hsm::{Pkcs11Config, Pkcs11KeyProvider};
 use custody_log::{Log, LogConfig};
 use custody_policy::PolicyEngine;
 use custody_vault::{RedbStore, Vault};
@@ -88,6 +89,9 @@ pub enum SetupError {
     /// The deployment registry or build key could not be opened.
     #[error("trusted deployment: {0}")]
     Deploy(String),
+    /// The PKCS#11 key provider could not open (module, token, PIN or KEK at fault).
+    #[error(transparent)]
+    Hsm(#[from] custody_hsm::HsmError),
     /// The witness settings are unusable.
     #[error(transparent)]
     Witness(#[from] crate::witness::WitnessSetupError),
@@ -129,6 +133,41 @@ pub struct ServerConfig {
     pub witnesses: Vec<crate::witness::WitnessConfig>,
     /// How many of `witnesses` must cosign.
     pub witness_quorum: usize,
+    /// Who holds the KEK: the embedded key file (the default) or a PKCS#11 token.
+    pub key_provider: KeyProviderConfig,
+}
+
+/// Which key provider holds the KEK.
+#[derive(Debug, Clone, Default)]
+pub enum KeyProviderConfig {
+    /// 32-byte KEK files of mode 0600 under `<data_dir>/keys` (the embedded default).
+    #[default]
+    File,
+    /// AES-256 KEKs generated and kept inside a PKCS#11 token; the PIN is never printed.
+    Pkcs11(Pkcs11Config),
+}
+
+impl KeyProviderConfig {
+    /// Opens the provider; `true` with it if this created its first KEK (a fresh custody).
+    ///
+    /// # Errors
+    /// The key file or the token is unusable, or the first KEK could not be created.
+    pub fn open(&self, dirs: &DataDir) -> Result<(Arc<dyn KeyProvider>, bool), SetupError> {
+        match self {
+            KeyProviderConfig::File => {
+                let fresh = !FileKeyProvider::exists(&dirs.kek);
+                Ok((Arc::new(FileKeyProvider::open_or_create(&dirs.kek)?), fresh))
+            }
+            KeyProviderConfig::Pkcs11(cfg) => {
+                let provider = Pkcs11KeyProvider::open_existing(cfg)?;
+                let fresh = provider.kek_versions().is_empty();
+                if fresh {
+                    provider.new_kek()?;
+                }
+                Ok((Arc::new(provider), fresh))
+            }
+        }
+    }
 }
 
 impl ServerConfig {
@@ -151,6 +190,7 @@ impl ServerConfig {
             tls: None,
             witnesses: Vec::new(),
             witness_quorum: 0,
+            key_provider: KeyProviderConfig::File,
         }
     }
 }
@@ -314,8 +354,7 @@ impl ServerState {
                 .map_err(|source| SetupError::Schema { path: dirs.schema.display().to_string(), source })?,
         );
         let policy = Arc::new(PolicyEngine::load_dir(cfg.jurisdiction.clone(), &dirs.policies)?);
-        let fresh_keys = !FileKeyProvider::exists(&dirs.kek);
-        let provider = Arc::new(FileKeyProvider::open_or_create(&dirs.kek)?);
+        let (provider, fresh_keys) = cfg.key_provider.open(&dirs)?;
         let store = Arc::new(RedbStore::open(&dirs.root, &dirs.keys)?);
         let vault = Arc::new(Vault::new(store.clone(), store.clone(), provider)?);
         let metrics = Arc::new(Metrics::new());
@@ -365,6 +404,7 @@ impl ServerState {
                         subject: None,
                         version: None,
                         provider: self.guard.vault().provider_name().to_string(),
+                        verifier_key: None,
                     }))
                     .await?;
             }

@@ -119,7 +119,7 @@ async fn log_decision(
 }
 
 fn checkpoint_size(log: &Log, text: &str) -> Result<u64, GuardError> {
-    let note = Note::open(text.as_bytes(), &[log.verifier()])
+    let note = Note::open(text.as_bytes(), &[&log.verifier()])
         .map_err(|e| GuardError::Integrity(format!("the log's own checkpoint does not verify: {e}")))?;
     Checkpoint::parse(&note.text)
         .map(|c| c.size)
@@ -276,6 +276,7 @@ pub async fn erase(
                     subject: Some(pseudonym.clone()),
                     version: Some(version),
                     provider: vault.provider_name().to_string(),
+                    verifier_key: None,
                 }))
                 .await?,
         ),

@@ -12,6 +12,9 @@
 //! - [`verify_receipt`]: a receipt returned with an access event is signed by the log and
 //!   covers exactly that event; [`verify_receipt_in_log`] also ties it to a checkpoint.
 //!
+//! - [`verify_key_handover`] and [`trusted_keys`]: the log rotated its signing key; the new
+//!   key was announced in an entry that a checkpoint signed by the old key includes.
+//!
 //! Proofs come as JSON: an inclusion proof is `{"index": I, "size": N, "proof": [base64, ...]}`,
 //! a consistency proof `{"old_size": M, "size": N, "proof": [base64, ...]}` (hashes in standard
 //! base64, as in checkpoints). Receipts are the JSON form of [`custody_tlog::Receipt`].
@@ -47,6 +50,20 @@ pub struct ConsistencyProof {
     pub size: u64,
     /// The RFC 6962 consistency proof.
     pub proof: Vec<Hash>,
+}
+
+/// A handover to a new log signing key, as custody serves it in `/log/keys`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyHandover {
+    /// The new verifier key, `<origin>+<key id>+<base64 key>`.
+    pub vkey: String,
+    /// The log entry announcing it, as logged (a JSON document).
+    pub entry: String,
+    /// A checkpoint signed by the previous key whose tree holds the entry.
+    pub handover: String,
+    /// The entry's inclusion proof in that tree.
+    pub proof: InclusionProof,
 }
 
 /// Why something did not verify. Exhaustive: each is a distinct outcome.
@@ -128,6 +145,14 @@ pub enum VerifyError {
     /// The receipt's signature by the log key does not verify.
     #[error("receipt signature by the log key does not verify")]
     BadReceiptSignature,
+    /// A key handover's entry is not an announcement of its key by this log.
+    #[error("not an announcement of log key `{vkey}`: {detail}")]
+    NotAnAnnouncement {
+        /// The key the handover claims.
+        vkey: String,
+        /// What is wrong.
+        detail: String,
+    },
 }
 
 /// Parses the log's verifier key `<name>+<hex key ID>+<base64(0x01 ‖ public key)>`.
@@ -290,6 +315,59 @@ pub fn verify_receipt_in_log(
     }
     check_inclusion(&checkpoint, &proof, &receipt.leaf_hash)?;
     Ok((receipt, checkpoint))
+}
+
+/// Checks a key handover against the key trusted so far: `handover.handover` is a checkpoint
+/// signed by `trusted_vkey`, `handover.entry` is in its tree by `handover.proof`, and the entry
+/// announces `handover.vkey` (`"kind":"key","key":"log","change":"rotated"`) for the same
+/// log. Returns the handover checkpoint.
+///
+/// # Errors
+///
+/// As [`verify_inclusion`]; [`VerifyError::MalformedKey`] for the new key;
+/// [`VerifyError::NotAnAnnouncement`].
+pub fn verify_key_handover(trusted_vkey: &str, handover: &KeyHandover) -> Result<Checkpoint, VerifyError> {
+    let checkpoint = verify_checkpoint(&handover.handover, trusted_vkey)?;
+    check_inclusion(&checkpoint, &handover.proof, &custody_tlog::leaf_hash(handover.entry.as_bytes()))?;
+    let new = log_verifier(&handover.vkey)?;
+    let refuse = |detail: String| VerifyError::NotAnAnnouncement { vkey: handover.vkey.clone(), detail };
+    if custody_tlog::NoteVerifier::name(&new) != checkpoint.origin {
+        return Err(refuse(format!(
+            "the key is named `{}`, the log is `{}`",
+            custody_tlog::NoteVerifier::name(&new),
+            checkpoint.origin
+        )));
+    }
+    let entry: serde_json::Value =
+        serde_json::from_str(&handover.entry).map_err(|e| refuse(format!("the entry is not JSON: {e}")))?;
+    let field = |k: &str| entry.get(k).and_then(|v| v.as_str());
+    if field("kind") != Some("key") || field("key") != Some("log") || field("change") != Some("rotated") {
+        return Err(refuse("the entry is not a log-key rotation".into()));
+    }
+    if field("verifier_key") != Some(handover.vkey.as_str()) {
+        return Err(refuse("the entry announces another key".into()));
+    }
+    Ok(checkpoint)
+}
+
+/// Follows `handovers` in order from the pinned key `pinned_vkey` and returns every key the
+/// log may sign with, oldest first: a checkpoint signed by any of them is the log's. A key
+/// reached by no valid handover is never trusted.
+///
+/// # Errors
+///
+/// The first handover that does not verify under the key before it, as
+/// [`verify_key_handover`].
+pub fn trusted_keys(pinned_vkey: &str, handovers: &[KeyHandover]) -> Result<Vec<String>, VerifyError> {
+    log_verifier(pinned_vkey)?;
+    let mut keys = vec![pinned_vkey.to_owned()];
+    let mut trusted = pinned_vkey.to_owned();
+    for h in handovers {
+        verify_key_handover(&trusted, h)?;
+        keys.push(h.vkey.clone());
+        trusted = h.vkey.clone();
+    }
+    Ok(keys)
 }
 
 #[cfg(test)]

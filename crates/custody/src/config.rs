@@ -88,6 +88,24 @@ pub(crate) struct SettingArgs {
     /// How many witnesses must cosign a checkpoint before it is published [default: all of them]
     #[arg(long, env = "CUSTODY_WITNESS_QUORUM", global = true, value_name = "N")]
     pub(crate) witness_quorum: Option<u64>,
+    /// Who holds the KEK: `file` (a key file under DATA_DIR/keys) or `pkcs11` (an HSM) [default: file]
+    #[arg(long, env = "CUSTODY_KEY_PROVIDER", global = true, value_name = "file|pkcs11")]
+    pub(crate) key_provider: Option<String>,
+    /// PKCS#11 module (.so) of the HSM, e.g. /usr/lib/softhsm/libsofthsm2.so
+    #[arg(long, env = "CUSTODY_PKCS11_MODULE", global = true, value_name = "PATH")]
+    pub(crate) pkcs11_module: Option<PathBuf>,
+    /// PKCS#11 slot id of the token (or use --pkcs11-token)
+    #[arg(long, env = "CUSTODY_PKCS11_SLOT", global = true, value_name = "ID")]
+    pub(crate) pkcs11_slot: Option<u64>,
+    /// PKCS#11 token label (or use --pkcs11-slot)
+    #[arg(long, env = "CUSTODY_PKCS11_TOKEN", global = true, value_name = "LABEL")]
+    pub(crate) pkcs11_token: Option<String>,
+    /// File holding the token's user PIN (the PIN itself: CUSTODY_PKCS11_PIN, never a flag)
+    #[arg(long, env = "CUSTODY_PKCS11_PIN_FILE", global = true, value_name = "FILE")]
+    pub(crate) pkcs11_pin_file: Option<PathBuf>,
+    /// Label prefix of the KEK objects in the token; version n is PREFIX-vn [default: custody-kek]
+    #[arg(long, env = "CUSTODY_PKCS11_KEY_LABEL", global = true, value_name = "PREFIX")]
+    pub(crate) pkcs11_key_label: Option<String>,
     /// Log filter, e.g. `info` or `custody=debug` [default: info]
     #[arg(long, env = "CUSTODY_LOG", global = true, value_name = "FILTER")]
     pub(crate) log: Option<String>,
@@ -137,8 +155,112 @@ const KEYS: &[&str] = &[
     "checkpoint_interval_ms",
     "witnesses",
     "witness_quorum",
+    "key_provider",
+    "pkcs11_module",
+    "pkcs11_slot",
+    "pkcs11_token",
+    "pkcs11_pin",
+    "pkcs11_pin_file",
+    "pkcs11_key_label",
     "log",
 ];
+
+/// The environment variable that carries the PKCS#11 user PIN (kept out of flags, which
+/// other users of the machine can read in the process list).
+pub(crate) const PIN_ENV: &str = "CUSTODY_PKCS11_PIN";
+
+/// `key_provider` and the `pkcs11_*` settings, validated into a provider choice.
+fn key_provider(
+    args: &SettingArgs,
+    table: &toml::Table,
+    problems: &mut Vec<String>,
+    file: &Path,
+) -> custody_server::KeyProviderConfig {
+    use custody_server::KeyProviderConfig;
+    let kind = args
+        .key_provider
+        .clone()
+        .or_else(|| file_str(table, "key_provider", problems, file))
+        .unwrap_or_else(|| "file".into());
+    let module =
+        args.pkcs11_module.clone().or_else(|| file_str(table, "pkcs11_module", problems, file).map(PathBuf::from));
+    let slot = args.pkcs11_slot.or_else(|| file_int(table, "pkcs11_slot", problems, file));
+    let token = args.pkcs11_token.clone().or_else(|| file_str(table, "pkcs11_token", problems, file));
+    let pin_file =
+        args.pkcs11_pin_file.clone().or_else(|| file_str(table, "pkcs11_pin_file", problems, file).map(PathBuf::from));
+    let pin_in_file = file_str(table, "pkcs11_pin", problems, file).map(zeroize::Zeroizing::new);
+    let label = args
+        .pkcs11_key_label
+        .clone()
+        .or_else(|| file_str(table, "pkcs11_key_label", problems, file))
+        .unwrap_or_else(|| "custody-kek".into());
+    match kind.as_str() {
+        "file" => {
+            if module.is_some() || slot.is_some() || token.is_some() || pin_file.is_some() || pin_in_file.is_some() {
+                problems.push("`pkcs11_*` settings are given but `key_provider` is `file`; set `key_provider = \"pkcs11\"` or remove them".into());
+            }
+            KeyProviderConfig::File
+        }
+        "pkcs11" => {
+            let module = match module {
+                Some(m) if m.is_file() => Some(m),
+                Some(m) => {
+                    problems.push(format!("`pkcs11_module`: `{}` is not a readable file", m.display()));
+                    None
+                }
+                None => {
+                    problems.push("`key_provider` is `pkcs11` but `pkcs11_module` is not set (e.g. /usr/lib/softhsm/libsofthsm2.so)".into());
+                    None
+                }
+            };
+            let token = match (slot, token) {
+                (Some(s), None) => Some(custody_hsm::TokenSelector::Slot(s)),
+                (None, Some(t)) => Some(custody_hsm::TokenSelector::Label(t)),
+                (Some(_), Some(_)) => {
+                    problems.push("`pkcs11_slot` and `pkcs11_token` both name the token; set one".into());
+                    None
+                }
+                (None, None) => {
+                    problems.push("`key_provider` is `pkcs11`: set `pkcs11_token` (its label) or `pkcs11_slot`".into());
+                    None
+                }
+            };
+            let pin = match (std::env::var(PIN_ENV).ok().map(zeroize::Zeroizing::new), pin_file, pin_in_file) {
+                (Some(p), _, _) => Some(p),
+                (None, Some(f), _) => match std::fs::read_to_string(&f) {
+                    Ok(text) => {
+                        let text = zeroize::Zeroizing::new(text);
+                        Some(zeroize::Zeroizing::new(text.trim_end_matches(['\r', '\n']).to_string()))
+                    }
+                    Err(e) => {
+                        problems.push(format!("`pkcs11_pin_file`: cannot read `{}`: {e}", f.display()));
+                        None
+                    }
+                },
+                (None, None, Some(p)) => Some(p),
+                (None, None, None) => {
+                    problems.push(format!(
+                        "`key_provider` is `pkcs11` but no PIN is given: set {PIN_ENV} or `pkcs11_pin_file`"
+                    ));
+                    None
+                }
+            };
+            if label.is_empty() || label.contains(char::is_whitespace) {
+                problems.push(format!("`pkcs11_key_label`: `{label}` must be non-empty, without spaces"));
+            }
+            match (module, token, pin) {
+                (Some(module), Some(token), Some(pin)) => {
+                    KeyProviderConfig::Pkcs11(custody_hsm::Pkcs11Config { module, token, pin, key_label: label })
+                }
+                _ => KeyProviderConfig::File,
+            }
+        }
+        other => {
+            problems.push(format!("`key_provider`: `{other}` is not a key provider (known: file, pkcs11)"));
+            KeyProviderConfig::File
+        }
+    }
+}
 
 fn file_str(table: &toml::Table, key: &str, problems: &mut Vec<String>, file: &Path) -> Option<String> {
     match table.get(key) {
@@ -377,6 +499,7 @@ impl Settings {
         } else if witness_raw.is_empty() && witness_quorum > 0 {
             problems.push("`witness_quorum` is set but no `witnesses` are configured".into());
         }
+        let key_provider = key_provider(args, &table, &mut problems, &file);
         let log =
             args.log.clone().or_else(|| file_str(&table, "log", &mut problems, &file)).unwrap_or_else(|| "info".into());
         // Filters are ASCII (targets, levels, field names). tracing-subscriber 0.3 panics on some
@@ -405,6 +528,7 @@ impl Settings {
                     tls,
                     witnesses,
                     witness_quorum: witness_quorum as usize,
+                    key_provider,
                 },
                 log,
             }),

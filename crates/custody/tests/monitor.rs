@@ -283,3 +283,97 @@ async fn a_two_of_three_witness_quorum_publishes_with_one_witness_down_and_not_w
     assert_eq!(follow(&s.base, &vkey, state.path(), config).await, Ok(published));
     witnesses[2].take().unwrap().stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_monitor_follows_a_log_signing_key_rotation() {
+    let s = Server::start_with(&["--checkpoint-interval-ms", "100"]);
+    let app = s.client(&s.principal("clips-backend", "workload", "US", &["--role", "app-backend"]));
+    let auditor = s.client(&s.principal("auditor", "monitor", "US", &[]));
+    let old_vkey = auditor.log_key().await.unwrap();
+    let write = |from: usize| {
+        let app = app.clone();
+        async move {
+            let mut last = 0;
+            for n in from..from + 20 {
+                let body = json!({"email": format!("k{n}@mail.example"), "handle": format!("k{n}")});
+                last = app
+                    .create("profiles", Some(&format!("k{n}")), &format!("ks{n}"), body.as_object().unwrap().clone())
+                    .await
+                    .unwrap()
+                    .receipt
+                    .index;
+            }
+            last
+        }
+    };
+    let until = |vkey: String, state: std::path::PathBuf, last: u64| {
+        let base = s.base.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let size = follow(&base, &vkey, &state, FollowConfig::default()).await.unwrap();
+                if size > last {
+                    return size;
+                }
+                assert!(Instant::now() < deadline, "no checkpoint covers entry {last}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let last = write(0).await;
+    let state = tempfile::tempdir().unwrap();
+    until(old_vkey.clone(), state.path().to_owned(), last).await;
+    let old_checkpoint = std::fs::read_to_string(state.path().join("checkpoint")).unwrap();
+
+    let out = s.cli(&["--format", "json", "keys", "rotate-log-key"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rotated: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let new_vkey = auditor.log_key().await.unwrap();
+    assert_ne!(new_vkey, old_vkey);
+    assert_eq!(rotated["current"], new_vkey.as_str());
+    assert_eq!(rotated["keys"], json!([old_vkey.clone(), new_vkey.clone()]));
+    let announced = rotated["announced_at"].as_u64().unwrap();
+
+    // Entries after the rotation: receipts and checkpoints under the new key.
+    let last = write(20).await;
+    assert!(last > announced);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let new_checkpoint = loop {
+        let c = auditor.checkpoint().await.unwrap();
+        if custody_verify::verify_checkpoint(&c, &new_vkey).is_ok_and(|c| c.size > last) {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "no checkpoint under the new key");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(custody_verify::verify_checkpoint(&new_checkpoint, &old_vkey).is_err());
+    // Checkpoints signed before still verify under the old key.
+    custody_verify::verify_checkpoint(&old_checkpoint, &old_vkey).unwrap();
+
+    // `/log/keys` chains the new key to the old one, and says from which index each signs.
+    let keys: serde_json::Value = reqwest::get(format!("{}/log/keys", s.base)).await.unwrap().json().await.unwrap();
+    assert_eq!(keys["keys"][0], json!({"vkey": old_vkey.clone(), "from": 0}));
+    assert_eq!(keys["keys"][1], json!({"vkey": new_vkey.clone(), "from": announced + 1}));
+    let handovers: Vec<custody_verify::KeyHandover> = serde_json::from_value(keys["handovers"].clone()).unwrap();
+    assert_eq!(custody_verify::trusted_keys(&old_vkey, &handovers).unwrap(), vec![old_vkey.clone(), new_vkey.clone()]);
+    assert_eq!(auditor.trusted_log_keys(&old_vkey).await.unwrap(), vec![old_vkey.clone(), new_vkey.clone()]);
+
+    // The monitor pinned to the old key follows the handover and goes on under the new key;
+    // so does a fresh monitor that starts after the rotation.
+    let size = until(old_vkey.clone(), state.path().to_owned(), last).await;
+    assert!(size > last);
+    let stored = StateDir::open(state.path()).unwrap();
+    assert_eq!(stored.load_keys().unwrap(), vec![new_vkey.clone()]);
+    assert!(stored.entries(size).unwrap().iter().any(|e| e.entry.contains(&new_vkey)), "announcement verified");
+    let fresh = tempfile::tempdir().unwrap();
+    until(old_vkey.clone(), fresh.path().to_owned(), last).await;
+
+    // A checkpoint signed by a key no handover announced is still refused.
+    let entries: Vec<Vec<u8>> = stored.entries(size).unwrap().iter().map(|e| e.entry.clone().into_bytes()).collect();
+    let origin = custody_verify::verify_checkpoint(&new_checkpoint, &new_vkey).unwrap().origin;
+    let rogue = Ed25519Signer::generate(&origin, &mut rand::rngs::OsRng).unwrap();
+    let shared = Arc::new(RwLock::new(log_with(&rogue, &entries)));
+    let (url, _) = serve(shared).await.unwrap();
+    let fault = follow(&url, &old_vkey, copy_state(state.path()).path(), FollowConfig::default()).await.unwrap_err();
+    assert!(matches!(fault, LogFault::BadSignature { .. }), "{fault}");
+}

@@ -25,7 +25,11 @@ use crate::Format;
 use crate::config::Settings;
 
 #[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub(crate) struct BenchArgs {
+    /// Another benchmark instead of guarded reads
+    #[command(subcommand)]
+    what: Option<BenchCmd>,
     /// Concurrent HTTP clients
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
@@ -38,6 +42,13 @@ pub(crate) struct BenchArgs {
     /// Profiles to seed
     #[arg(long, default_value_t = 1000)]
     records: usize,
+}
+
+/// Benchmarks other than guarded reads.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum BenchCmd {
+    /// KEK rotation over many subject DEKs (file provider or PKCS#11): time and peak memory
+    Rotate(super::bench_rotate::RotateArgs),
 }
 
 /// One round's figures.
@@ -83,8 +94,11 @@ async fn unguarded(
     Ok(Json(json!({"record": {"id": id.as_str(), "fields": fields}})))
 }
 
-pub(crate) fn run(settings: &Settings, format: Format, args: BenchArgs) -> anyhow::Result<()> {
+pub(crate) fn run(settings: &Settings, format: Format, mut args: BenchArgs) -> anyhow::Result<()> {
     super::init_tracing("warn");
+    if let Some(BenchCmd::Rotate(r)) = args.what.take() {
+        return super::bench_rotate::run(settings, format, r);
+    }
     let rt = super::runtime()?;
     rt.block_on(bench(settings, format, args))
 }

@@ -1,8 +1,8 @@
-//! `custody keys status|rotate-kek`: KEK rotation, online through the operator socket or
-//! offline on the data dir.
+//! `custody keys status|rotate-kek|log-keys|rotate-log-key`: KEK and log signing-key
+//! rotation, online through the operator socket or offline on the data dir.
 
 use clap::Subcommand;
-use custody_server::admin::{self, AdminError, KekRotation};
+use custody_server::admin::{self, AdminError, KekRotation, LogKeyRotation};
 use custody_server::{DataDir, ServerState};
 
 use crate::Format;
@@ -22,6 +22,12 @@ pub(crate) enum KeysCmd {
         #[arg(long, default_value_t = 1000)]
         batch: usize,
     },
+    /// List the transparency log's checkpoint signing keys, oldest first
+    LogKeys,
+    /// Rotate the log's checkpoint signing key: a new Ed25519 key is announced in an entry
+    /// signed by the old key, a handover checkpoint is signed by the old key, then the new key
+    /// signs. Checkpoints signed before still verify under the old key.
+    RotateLogKey,
 }
 
 enum Target {
@@ -82,6 +88,8 @@ pub(crate) fn run(settings: &Settings, format: Format, cmd: KeysCmd) -> anyhow::
     let result = match cmd {
         KeysCmd::Status => target.call(&rt, "/admin/keys/kek", None)?,
         KeysCmd::RotateKek { batch } => rotate(&rt, &target, batch, format)?,
+        KeysCmd::LogKeys => return log_keys(&rt, &target, format, false),
+        KeysCmd::RotateLogKey => return log_keys(&rt, &target, format, true),
     };
     if format == Format::Json {
         println!("{}", serde_json::to_string(&result)?);
@@ -120,4 +128,32 @@ fn rotate(rt: &tokio::runtime::Runtime, target: &Target, batch: usize, format: F
     }
     bar.finish_with_message(format!("rewrapped {} DEKs under KEK {}", p.rewrapped, p.target));
     target.call(rt, "/admin/keys/kek/rotate/finish", None)
+}
+
+fn log_keys(rt: &tokio::runtime::Runtime, target: &Target, format: Format, rotate: bool) -> anyhow::Result<()> {
+    let keys: LogKeyRotation = match target {
+        Target::Online(sock) => {
+            let (method, path) = if rotate { ("POST", "/admin/keys/log/rotate") } else { ("GET", "/admin/keys/log") };
+            let a = rt.block_on(admin_client::call(sock, method, path, None))?;
+            if !(200..300).contains(&a.status) {
+                let detail = a.body.get("detail").and_then(|d| d.as_str()).unwrap_or("request failed").to_string();
+                return Err(fail(if a.status == 400 { Exit::Refused } else { Exit::Error }, detail));
+            }
+            serde_json::from_value(a.body)?
+        }
+        Target::Offline(state) if rotate => rt.block_on(admin::log_key_rotation(state)).map_err(admin_fail)?,
+        Target::Offline(state) => admin::log_key_status(state).map_err(admin_fail)?,
+    };
+    if format == Format::Json {
+        println!("{}", serde_json::to_string(&keys)?);
+        return Ok(());
+    }
+    if let Some(index) = keys.announced_at {
+        println!("log signing key rotated; announced in entry {index}");
+    }
+    for (i, k) in keys.keys.iter().enumerate() {
+        let mark = if *k == keys.current { " (current)" } else { "" };
+        println!("  {} {k}{mark}", i + 1);
+    }
+    Ok(())
 }

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub(crate) mod bench;
+pub(crate) mod bench_rotate;
 pub(crate) mod demo;
 pub(crate) mod deploy;
 pub(crate) mod keys;

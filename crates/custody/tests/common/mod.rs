@@ -44,15 +44,25 @@ impl Server {
 
     /// Starts `custody serve` on `dir`/data, which may already hold a data dir.
     pub(crate) fn start_in(dir: tempfile::TempDir, flags: &[&str]) -> Server {
-        Self::launch(dir, flags, None)
+        Self::launch(dir, flags, None, &[])
+    }
+
+    /// Starts `custody serve` with extra global flags and environment variables.
+    pub(crate) fn start_with_env(flags: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Server {
+        Self::launch(tempfile::tempdir().unwrap(), flags, None, env)
     }
 
     /// Starts `custody serve` logging at trace level, stdout and stderr into `log`.
     pub(crate) fn start_traced(log: &std::path::Path) -> Server {
-        Self::launch(tempfile::tempdir().unwrap(), &[], Some(log))
+        Self::launch(tempfile::tempdir().unwrap(), &[], Some(log), &[])
     }
 
-    fn launch(dir: tempfile::TempDir, flags: &[&str], log: Option<&std::path::Path>) -> Server {
+    fn launch(
+        dir: tempfile::TempDir,
+        flags: &[&str],
+        log: Option<&std::path::Path>,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Server {
         let port = free_port();
         let (level, out, err) = match log {
             Some(path) => {
@@ -68,6 +78,7 @@ impl Server {
             .args(flags)
             .arg("serve")
             .env("CUSTODY_LOG", level)
+            .envs(env.iter().copied())
             .stdout(out)
             .stderr(err)
             .spawn()
