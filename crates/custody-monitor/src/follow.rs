@@ -288,7 +288,7 @@ impl Follower {
     /// new key was accepted; `Some(Err)` if following a handover showed a fault.
     async fn follow_handovers(
         &mut self,
-        sink: &mut dyn EntrySink,
+        sink: &mut (dyn EntrySink + Send),
     ) -> Result<Option<Result<(), LogFault>>, MonitorError> {
         let handovers = self.log.key_handovers().await?;
         let pinned = self.keys.first().cloned().unwrap_or_default();
@@ -329,7 +329,7 @@ impl Follower {
     async fn step_to(
         &mut self,
         signed: String,
-        sink: &mut dyn EntrySink,
+        sink: &mut (dyn EntrySink + Send),
     ) -> Result<Result<Step, LogFault>, MonitorError> {
         let checkpoint = match self.check_signatures(&signed) {
             Ok(c) => c,
