@@ -215,7 +215,7 @@ impl Evaluator {
             }
             // Keys, deployment steps and subject requests raise no rule alert (yet); they are
             // verified against the tree like every entry.
-            Ok(LogEntry::Key(_) | LogEntry::Deploy(_) | LogEntry::Subject(_)) => Vec::new(),
+            Ok(LogEntry::Key(_) | LogEntry::Deploy(_) | LogEntry::Subject(_) | LogEntry::Export(_)) => Vec::new(),
             Err(e) => vec![
                 Alert::new(
                     Severity::Warning,
@@ -396,6 +396,7 @@ impl Evaluator {
                 purpose: e.purpose.clone(),
                 justification: e.justification.clone(),
                 approvals: Vec::new(),
+                destination: None,
             };
             let subject = match e.subjects.as_slice() {
                 [one] => Some(one.0.as_str()),

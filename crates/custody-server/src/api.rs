@@ -149,7 +149,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
         let approvals = header_text(&parts.headers, APPROVALS_HEADER)?
             .map(|s| s.split(',').map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect())
             .unwrap_or_default();
-        Ok(Ctx(RequestContext { purpose, justification, approvals }))
+        Ok(Ctx(RequestContext { purpose, justification, approvals, destination: None }))
     }
 }
 
