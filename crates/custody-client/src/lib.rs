@@ -340,7 +340,9 @@ impl Client {
             let bytes = resp.bytes().await?;
             return Err(match serde_json::from_slice::<Problem>(&bytes) {
                 Ok(problem) => ClientError::Api { status, problem: Box::new(problem) },
-                Err(_) => ClientError::Decode { status, body: String::from_utf8_lossy(&bytes).chars().take(200).collect() },
+                Err(_) => {
+                    ClientError::Decode { status, body: String::from_utf8_lossy(&bytes).chars().take(200).collect() }
+                }
             });
         }
         let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);

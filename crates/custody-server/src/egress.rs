@@ -15,9 +15,7 @@ use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use custody_core::{
-    Action, CollectionName, Decision, ExportEvent, Jurisdiction, LogEntry, Schema,
-};
+use custody_core::{Action, CollectionName, Decision, ExportEvent, Jurisdiction, LogEntry, Schema};
 use custody_egress::{BudgetStore, EgressError, ExportRequest, Exporter, Plan, Profiles, Pseudonymiser, Summary};
 use custody_policy::{ClassDecision, LoadedPolicies, RequestContext, ResourceRef};
 use custody_vault::{Vault, VaultError};
@@ -62,13 +60,15 @@ impl Gateway {
             }
             None => Profiles::default(),
         };
-        let budget = BudgetStore::open(&dirs.egress.join("budget.redb")).map_err(|e| SetupError::Egress(e.to_string()))?;
+        let budget =
+            BudgetStore::open(&dirs.egress.join("budget.redb")).map_err(|e| SetupError::Egress(e.to_string()))?;
         let spool = dirs.egress.join("spool");
         if spool.exists() {
             std::fs::remove_dir_all(&spool)
                 .map_err(|source| SetupError::Io { path: spool.display().to_string(), source })?;
         }
-        std::fs::create_dir_all(&spool).map_err(|source| SetupError::Io { path: spool.display().to_string(), source })?;
+        std::fs::create_dir_all(&spool)
+            .map_err(|source| SetupError::Io { path: spool.display().to_string(), source })?;
         let (key, fresh_key) = vault.egress_key()?;
         if !(cfg.egress_epsilon_budget.is_finite() && cfg.egress_epsilon_budget >= 0.0) {
             return Err(SetupError::Egress("`egress_epsilon_budget` must be a non-negative number".into()));
@@ -245,7 +245,8 @@ pub async fn export(
     let epoch = custody_egress::epoch_at(time::OffsetDateTime::now_utc().unix_timestamp(), gw.epoch_days);
     let pseudo = plan.pseudonymises().then(|| Pseudonymiser::new(&gw.key, &plan.request.destination, epoch));
     let path = gw.spool.join(format!("{}.ndjson", random_name()));
-    let (vault, schema2, plan2, path2) = (s.guard.vault().clone(), Arc::new(schema.clone()), plan.clone(), path.clone());
+    let (vault, schema2, plan2, path2) =
+        (s.guard.vault().clone(), Arc::new(schema.clone()), plan.clone(), path.clone());
     let scanned = tokio::task::spawn_blocking(move || -> Result<Summary, GuardError> {
         let file = std::fs::File::create(&path2).map_err(|e| GuardError::Storage(format!("spool: {e}")))?;
         let (summary, _, _) =

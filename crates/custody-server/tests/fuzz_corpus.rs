@@ -107,3 +107,14 @@ fn dsse_envelope_corpus_verifies_only_the_valid_seed() {
     }
     assert_eq!(accepted, ["valid.json"]);
 }
+
+#[test]
+fn egress_request_corpus_plans_only_the_valid_seeds() {
+    let mut planned = Vec::new();
+    for (name, data) in corpus("egress_request") {
+        if fuzz_support::egress_request(&data) {
+            planned.push(name);
+        }
+    }
+    assert_eq!(planned, ["valid-aggregate.json", "valid-rows.json"]);
+}

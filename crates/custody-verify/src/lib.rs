@@ -123,7 +123,9 @@ pub enum VerifyError {
     #[error("not an export receipt: {0}")]
     NotAnExport(String),
     /// The file is not exactly what the export entry says was released.
-    #[error("the file does not match its export entry: logged {logged_bytes} bytes with SHA-256 {logged}, the file has {bytes} bytes with SHA-256 {actual}")]
+    #[error(
+        "the file does not match its export entry: logged {logged_bytes} bytes with SHA-256 {logged}, the file has {bytes} bytes with SHA-256 {actual}"
+    )]
     ExportMismatch {
         /// SHA-256 (hex) in the entry.
         logged: String,

@@ -38,6 +38,16 @@ pub(crate) struct BenchArgs {
     /// Profiles to seed
     #[arg(long, default_value_t = 1000)]
     records: usize,
+    /// Another benchmark instead of guarded reads
+    #[command(subcommand)]
+    what: Option<BenchWhat>,
+}
+
+/// Benchmarks other than guarded reads.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum BenchWhat {
+    /// The egress gateway: a pseudonymise + generalise export of N profile rows from the vault
+    Egress(super::bench_egress::EgressBenchArgs),
 }
 
 /// One round's figures.
@@ -83,8 +93,11 @@ async fn unguarded(
     Ok(Json(json!({"record": {"id": id.as_str(), "fields": fields}})))
 }
 
-pub(crate) fn run(settings: &Settings, format: Format, args: BenchArgs) -> anyhow::Result<()> {
+pub(crate) fn run(settings: &Settings, format: Format, mut args: BenchArgs) -> anyhow::Result<()> {
     super::init_tracing("warn");
+    if let Some(BenchWhat::Egress(a)) = args.what.take() {
+        return super::bench_egress::run(format, a);
+    }
     let rt = super::runtime()?;
     rt.block_on(bench(settings, format, args))
 }
