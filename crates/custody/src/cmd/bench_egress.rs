@@ -53,7 +53,12 @@ fn seed(vault: &Vault, schema: &Schema, from: u64, to: u64) -> anyhow::Result<()
                 "email": format!("user{i}@mail.example"),
                 "phone": format!("+1-555-{i:07}"),
                 "birthdate": format!("{}-{:02}-{:02}", 1950 + i % 60, 1 + i % 12, 1 + i % 28),
-                "precise_location": format!("US-{}-{i}", ["CA", "NY", "TX", "WA"][(i % 4) as usize]),
+                "precise_location": format!("US-{}-{i}", match i % 4 {
+                    0 => "CA",
+                    1 => "NY",
+                    2 => "TX",
+                    _ => "WA",
+                }),
                 "device_id": format!("dev-{i:012}"),
                 "handle": format!("user{i}"),
                 "display_name": format!("User {i}"),

@@ -71,17 +71,19 @@ pub(crate) struct ExportArgs {
 }
 
 fn request(a: &ExportArgs) -> anyhow::Result<Value> {
-    let mut r = json!({
-        "collection": a.collection, "profile": a.profile, "destination": a.destination, "purpose": a.purpose,
-    });
+    let mut r = serde_json::Map::new();
+    r.insert("collection".into(), json!(a.collection));
+    r.insert("profile".into(), json!(a.profile));
+    r.insert("destination".into(), json!(a.destination));
+    r.insert("purpose".into(), json!(a.purpose));
     if !a.fields.is_empty() {
-        r["fields"] = json!(a.fields);
+        r.insert("fields".into(), json!(a.fields));
     }
     if let Some(f) = &a.filter {
         let (field, value) =
             f.split_once('=').ok_or_else(|| fail(Exit::BadInput, "`--filter` takes FIELD=VALUE".to_string()))?;
         let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_string()));
-        r["filter"] = json!({"field": field, "equals": value});
+        r.insert("filter".into(), json!({"field": field, "equals": value}));
     }
     if !a.group_by.is_empty() || !a.sums.is_empty() || a.noise.is_some() {
         let mut sums = Vec::new();
@@ -95,17 +97,13 @@ fn request(a: &ExportArgs) -> anyhow::Result<Value> {
             };
             sums.push(json!({"field": field, "min": num(min)?, "max": num(max)?}));
         }
-        let mut agg = json!({"group_by": a.group_by, "sums": sums, "k": a.k});
-        if let Some(m) = &a.noise {
-            let mut n = json!({"mechanism": m, "epsilon": a.epsilon});
-            if let Some(d) = a.delta {
-                n["delta"] = json!(d);
-            }
-            agg["noise"] = n;
-        }
-        r["aggregate"] = agg;
+        let noise = a.noise.as_ref().map(|m| match a.delta {
+            Some(d) => json!({"mechanism": m, "epsilon": a.epsilon, "delta": d}),
+            None => json!({"mechanism": m, "epsilon": a.epsilon}),
+        });
+        r.insert("aggregate".into(), json!({"group_by": a.group_by, "sums": sums, "k": a.k, "noise": noise}));
     }
-    Ok(r)
+    Ok(Value::Object(r))
 }
 
 fn receipt_path(out: &Path) -> PathBuf {
