@@ -180,3 +180,33 @@ pub fn dsse_envelope(bytes: &[u8]) -> bool {
     let Ok(st) = serde_json::from_slice::<Statement>(&payload) else { return false };
     env.payload_type == IN_TOTO && st.commit().is_some()
 }
+
+/// The sample deployment's export profiles, parsed once.
+static SAMPLE_PROFILES: LazyLock<Option<custody_egress::Profiles>> = LazyLock::new(|| {
+    let (schema, _) = SAMPLE.as_ref()?;
+    custody_egress::Profiles::from_toml(custody_server::setup::SAMPLE_EGRESS, schema).ok()
+});
+
+/// Parses `data` as an export request body and plans it against the sample profiles, then
+/// as an export profile file checked against the sample schema. Returns whether a plan came
+/// out. Never panics: the body comes from a requester, the profile file from an operator.
+pub fn egress_request(data: &[u8]) -> bool {
+    let (Some((schema, _)), Some(profiles)) = (SAMPLE.as_ref(), SAMPLE_PROFILES.as_ref()) else { return false };
+    let planned = match serde_json::from_slice::<custody_egress::ExportRequest>(data) {
+        Ok(req) => match profiles.get(&req.profile) {
+            Ok(profile) => match req.plan(profile, schema) {
+                Ok(plan) => {
+                    let _ = (plan.classes(), plan.transforms(), plan.query(), plan.epsilon());
+                    true
+                }
+                Err(e) => !render(&e),
+            },
+            Err(e) => !render(&e),
+        },
+        Err(e) => !render(&e),
+    };
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = custody_egress::Profiles::from_toml(text, schema).map_err(|e| render(&e));
+    }
+    planned
+}

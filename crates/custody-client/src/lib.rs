@@ -322,6 +322,97 @@ impl Client {
     }
 }
 
+/// What an export answered besides its bytes.
+#[derive(Debug, Clone)]
+pub struct ExportOutcome {
+    /// SHA-256 (hex) of the bytes received, checked against the header and the logged entry.
+    pub sha256: String,
+    /// Rows (or released groups).
+    pub rows: u64,
+    /// Groups suppressed below `k`.
+    pub suppressed: u64,
+    /// Bytes received.
+    pub bytes: u64,
+    /// The receipt of the `export` log entry (its `detail.entry` is the entry text).
+    pub receipt: Receipt,
+}
+
+impl Client {
+    /// Exports data through the egress gateway: `request` is an export request (collection,
+    /// profile, destination, purpose, ...). The body is handed to `sink` chunk by chunk as it
+    /// arrives (with the running byte count to `progress`), hashed, and checked against the
+    /// SHA-256 in the headers and in the logged entry of the receipt.
+    ///
+    /// # Errors
+    /// [`ClientError`]; a refusal is `Api` with status 403, a digest that does not match is
+    /// [`ClientError::Receipt`].
+    pub async fn export<B: Serialize>(
+        &self,
+        request: &B,
+        mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+        mut progress: impl FnMut(u64),
+    ) -> Result<ExportOutcome, ClientError> {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let mut req = self
+            .http
+            .post(format!("{}/v1/egress/exports", self.base))
+            .bearer_auth(self.token.as_str())
+            .timeout(Duration::from_secs(24 * 3600))
+            .json(request);
+        if let Some(j) = &self.reason.justification {
+            req = req.header("custody-justification", j);
+        }
+        if !self.reason.approvals.is_empty() {
+            req = req.header("custody-approvals", self.reason.approvals.join(","));
+        }
+        let mut resp = req.send().await?;
+        let status = resp.status();
+        if !status.is_success() {
+            let bytes = resp.bytes().await?;
+            return Err(match serde_json::from_slice::<Problem>(&bytes) {
+                Ok(problem) => ClientError::Api { status, problem: Box::new(problem) },
+                Err(_) => {
+                    ClientError::Decode { status, body: String::from_utf8_lossy(&bytes).chars().take(200).collect() }
+                }
+            });
+        }
+        let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let missing = |name: &str| ClientError::Decode { status, body: format!("the answer has no `{name}` header") };
+        let want = header("custody-export-sha256").ok_or_else(|| missing("custody-export-sha256"))?;
+        let rows = header("custody-export-rows").and_then(|r| r.parse().ok()).unwrap_or(0);
+        let suppressed = header("custody-export-suppressed").and_then(|r| r.parse().ok()).unwrap_or(0);
+        let receipt = header("custody-receipt").ok_or_else(|| missing("custody-receipt"))?;
+        let receipt: Receipt = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(receipt)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| ClientError::Receipt("the export receipt header does not decode".into()))?;
+        let mut hasher = sha2::Sha256::new();
+        let mut bytes = 0u64;
+        while let Some(chunk) = resp.chunk().await? {
+            hasher.update(&chunk);
+            bytes += chunk.len() as u64;
+            sink(&chunk).map_err(|e| ClientError::Receipt(format!("writing the export: {e}")))?;
+            progress(bytes);
+        }
+        let got = hex::encode(hasher.finalize());
+        let logged = receipt
+            .detail
+            .get("entry")
+            .and_then(Value::as_str)
+            .and_then(|e| serde_json::from_str::<Value>(e).ok())
+            .and_then(|e| e.get("sha256").and_then(Value::as_str).map(str::to_string));
+        if got != want || logged.as_deref() != Some(got.as_str()) {
+            return Err(ClientError::Receipt(format!(
+                "the export's SHA-256 is {got}; the header says {want} and the log entry {}",
+                logged.as_deref().unwrap_or("nothing")
+            )));
+        }
+        Ok(ExportOutcome { sha256: got, rows, suppressed, bytes, receipt })
+    }
+}
+
 /// Checks a response's receipt: the log key `vkey` signed the batch, the entry is in it, and
 /// the entry is exactly the logged text carried beside it. Returns the logged entry (the
 /// access event, which never holds protected values) and the verified log receipt.

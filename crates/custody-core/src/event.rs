@@ -150,6 +150,81 @@ pub enum LogEntry {
     Deploy(DeployEvent),
     /// `kind: "subject"`.
     Subject(SubjectEvent),
+    /// `kind: "export"`. Last, so no older entry can be mistaken for one.
+    Export(ExportEvent),
+}
+
+/// How one field crossed the boundary in an export: its class and the transform applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportField {
+    /// The field (`_subject` for the subject's pseudonym).
+    pub field: String,
+    /// Its data class.
+    pub class: String,
+    /// `pass`, `pseudonymise`, `year`, `month`, `country`, `region`, `bucket:<width>` or
+    /// `aggregate` (grouped by, or summed).
+    pub transform: String,
+}
+
+/// One crossing of the boundary through the egress gateway, permitted or refused.
+///
+/// A permitted export's entry is made durable before any byte is served and carries the
+/// SHA-256 of exactly the bytes served, so anyone holding the file can check it against the
+/// log. A refused one records who asked for what, and releases nothing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExportEvent {
+    /// Document version.
+    pub v: u32,
+    /// Always `export`.
+    pub kind: String,
+    /// When it was decided (RFC 3339, UTC).
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: time::OffsetDateTime,
+    /// Who asked.
+    pub principal: PrincipalId,
+    /// The asker's kind.
+    pub principal_kind: String,
+    /// The asker's location at decision time.
+    pub location: Option<String>,
+    /// The stated purpose.
+    pub purpose: String,
+    /// The stated justification, if any.
+    pub justification: Option<String>,
+    /// Where the data goes (a destination name the policies know).
+    pub destination: String,
+    /// The export profile that said how each field may cross.
+    pub profile: String,
+    /// Which collection.
+    pub collection: CollectionName,
+    /// The request as asked (fields, filter, aggregation, format): never holds a value of an
+    /// encrypted class, since filters apply to transformed values only.
+    pub query: serde_json::Value,
+    /// SHA-256 (hex) of the policy set that decided.
+    pub policy_set: String,
+    /// `permit` or `deny`.
+    pub decision: Decision,
+    /// Policies that permitted, or why it was refused (`default-deny`, `forbidden-by:<id>`,
+    /// `epsilon-budget-exhausted`).
+    pub reasons: Vec<String>,
+    /// Each field that crossed and how.
+    pub transforms: Vec<ExportField>,
+    /// The pseudonym key epoch used for this destination, if anything was pseudonymised.
+    pub key_epoch: Option<u64>,
+    /// Differential-privacy epsilon charged to the destination's budget, if noise was added.
+    pub epsilon: Option<f64>,
+    /// Rows emitted (data rows, or groups for an aggregate).
+    pub rows: u64,
+    /// Groups suppressed for having fewer than `k` members.
+    pub suppressed: u64,
+    /// Length of the emitted file in bytes.
+    pub bytes: u64,
+    /// SHA-256 (hex) of exactly the bytes emitted; absent for a refusal.
+    pub sha256: Option<String>,
+}
+
+impl ExportEvent {
+    /// The current document version.
+    pub const VERSION: u32 = 1;
 }
 
 /// A subject-rights request was decided: an export of, or the erasure of, one subject.
@@ -299,6 +374,50 @@ impl LogEntry {
             LogEntry::Key(e) => &e.kind,
             LogEntry::Deploy(e) => &e.kind,
             LogEntry::Subject(e) => &e.kind,
+            LogEntry::Export(e) => &e.kind,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn export() -> ExportEvent {
+        ExportEvent {
+            v: ExportEvent::VERSION,
+            kind: "export".into(),
+            time: time::OffsetDateTime::UNIX_EPOCH,
+            principal: PrincipalId::new("ana").unwrap(),
+            principal_kind: "engineer".into(),
+            location: Some("US".into()),
+            purpose: "metrics".into(),
+            justification: None,
+            destination: "global".into(),
+            profile: "global-metrics".into(),
+            collection: CollectionName::new("profiles").unwrap(),
+            query: serde_json::json!({"fields": ["handle"]}),
+            policy_set: "00".into(),
+            decision: Decision::Permit,
+            reasons: vec!["egress".into()],
+            transforms: vec![ExportField { field: "handle".into(), class: "public".into(), transform: "pass".into() }],
+            key_epoch: Some(3),
+            epsilon: None,
+            rows: 2,
+            suppressed: 0,
+            bytes: 10,
+            sha256: Some("ab".into()),
+        }
+    }
+
+    #[test]
+    fn export_entries_parse_as_exports_and_older_kinds_are_unchanged() {
+        let text = serde_json::to_string(&LogEntry::Export(export())).unwrap();
+        let back: LogEntry = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.kind(), "export");
+        assert!(matches!(back, LogEntry::Export(_)));
+        let subject = r#"{"v":1,"kind":"subject","time":"2026-01-01T00:00:00Z","request":"export","principal":"p","principal_kind":"subject","subject":"aa","decision":"permit","reasons":[],"purpose":null,"justification":null,"location":"US","policy_set":"00"}"#;
+        assert!(matches!(serde_json::from_str::<LogEntry>(subject).unwrap(), LogEntry::Subject(_)));
     }
 }

@@ -16,8 +16,8 @@ mod schema;
 
 pub use error::{IdError, SchemaError, SchemaFileError};
 pub use event::{
-    AccessEvent, Action, Decision, DeployEvent, FieldOutcome, KeyEvent, LogEntry, PolicySetEvent, PrincipalEvent,
-    PseudonymId, SubjectEvent,
+    AccessEvent, Action, Decision, DeployEvent, ExportEvent, ExportField, FieldOutcome, KeyEvent, LogEntry,
+    PolicySetEvent, PrincipalEvent, PseudonymId, SubjectEvent,
 };
 pub use id::{CollectionName, DataClass, FieldName, Jurisdiction, PrincipalId, RecordId, SubjectId};
 pub use principal::{PrincipalAttrs, PrincipalKind, PrincipalRecord};

@@ -64,6 +64,20 @@ enum Command {
     /// List every access to one subject's data, with inclusion proofs checked against the
     /// verified checkpoint. Output: one JSON document per access.
     History(HistoryArgs),
+    /// Check an exported file against its export entry: the log key signed the entry (through
+    /// the receipt `custody export` saves as FILE.receipt.json), it is a permitted export, and
+    /// the file is exactly the bytes it names (SHA-256 and length). Exit codes: 0 the file
+    /// matches, 13 it does not (or the receipt does not verify), 1 it could not be checked.
+    VerifyExport {
+        /// The exported file.
+        file: PathBuf,
+        /// The export's receipt [default: FILE.receipt.json].
+        #[arg(long)]
+        receipt: Option<PathBuf>,
+        /// The log's verifier key (vkey), as served at `/log/key`.
+        #[arg(long)]
+        key: String,
+    },
     /// Benchmark: verify an N-entry log from scratch over loopback HTTP, then follow a log
     /// growing at a fixed rate and measure the lag.
     Bench {
@@ -183,7 +197,35 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Keygen { name, out } => keygen(&name, &out),
         Command::Report { state, out, rules } => report(&state, &out, rules.as_deref()),
         Command::History(args) => history_cmd(args).await,
+        Command::VerifyExport { file, receipt, key } => verify_export(&file, receipt, &key),
         Command::Bench { entries, rate, seconds, concurrency } => bench(entries, rate, seconds, concurrency).await,
+    }
+}
+
+fn verify_export(file: &std::path::Path, receipt: Option<PathBuf>, key: &str) -> anyhow::Result<ExitCode> {
+    use anyhow::Context as _;
+    let receipt = receipt.unwrap_or_else(|| {
+        let mut p = file.as_os_str().to_owned();
+        p.push(".receipt.json");
+        PathBuf::from(p)
+    });
+    let text =
+        std::fs::read_to_string(&receipt).with_context(|| format!("reading the receipt `{}`", receipt.display()))?;
+    let f = std::fs::File::open(file).with_context(|| format!("opening `{}`", file.display()))?;
+    match custody_verify::verify_export(std::io::BufReader::new(f), &text, key.trim()) {
+        Ok(c) => {
+            println!(
+                "{}",
+                serde_json::json!({"verified": true, "index": c.index, "destination": c.destination,
+                    "rows": c.rows, "bytes": c.bytes, "sha256": c.sha256})
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(custody_verify::VerifyError::Io(e)) => anyhow::bail!("reading `{}`: {e}", file.display()),
+        Err(e) => {
+            println!("{}", serde_json::json!({"verified": false, "problem": e.to_string()}));
+            Ok(ExitCode::from(13))
+        }
     }
 }
 

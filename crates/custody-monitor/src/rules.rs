@@ -220,7 +220,7 @@ impl Evaluator {
             }
             // Keys, deployment steps and subject requests raise no rule alert (yet); they are
             // verified against the tree like every entry.
-            Ok(LogEntry::Key(_) | LogEntry::Deploy(_) | LogEntry::Subject(_)) => Vec::new(),
+            Ok(LogEntry::Key(_) | LogEntry::Deploy(_) | LogEntry::Subject(_) | LogEntry::Export(_)) => Vec::new(),
             Err(e) => vec![
                 Alert::new(
                     Severity::Warning,
@@ -403,6 +403,7 @@ impl Evaluator {
                 purpose: e.purpose.clone(),
                 justification: e.justification.clone(),
                 approvals: Vec::new(),
+                destination: None,
             };
             let subject = match e.subjects.as_slice() {
                 [one] => Some(one.0.as_str()),

@@ -227,6 +227,39 @@ impl RecordStore for PgStore {
             .collect()
     }
 
+    fn scan(
+        &self,
+        collection: &CollectionName,
+        after: Option<&RecordId>,
+        limit: usize,
+    ) -> Result<Vec<(RecordId, StoredRecord)>, VaultError> {
+        let c = collection.to_string();
+        let after = after.map(ToString::to_string).unwrap_or_default();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.records.run(move |pool| async move {
+            let client = pool.get().await?;
+            let st = client
+                .prepare_cached(
+                    "SELECT id, body FROM custody_records.records WHERE collection = $1 AND id > $2
+                     ORDER BY id LIMIT $3",
+                )
+                .await?;
+            Ok(client
+                .query(&st, &[&c, &after, &limit])
+                .await?
+                .iter()
+                .map(|r| (r.get::<_, String>(0), r.get::<_, Vec<u8>>(1)))
+                .collect::<Vec<_>>())
+        })?;
+        rows.into_iter()
+            .map(|(i, b)| {
+                let id = RecordId::new(&i).map_err(|_| VaultError::Corrupt("record key".into()))?;
+                let record = decode(&format!("{collection}/{id}"), &b)?;
+                Ok((id, record))
+            })
+            .collect()
+    }
+
     fn tombstone_subject(&self, subject: &SubjectId) -> Result<u64, VaultError> {
         let s = subject.to_string();
         Ok(self.records.run(move |pool| async move {

@@ -128,6 +128,8 @@ pub struct RequestContext {
     pub justification: Option<String>,
     /// Approvals gathered for the request.
     pub approvals: Vec<String>,
+    /// Where the data goes, for exports through the egress gateway (`context.destination`).
+    pub destination: Option<String>,
 }
 
 /// Why a class was denied.
@@ -381,6 +383,9 @@ impl PolicyEngine {
         }
         if let Some(j) = &ctx.justification {
             cpairs.push(("justification".to_string(), RestrictedExpression::new_string(j.clone())));
+        }
+        if let Some(d) = &ctx.destination {
+            cpairs.push(("destination".to_string(), RestrictedExpression::new_string(d.clone())));
         }
         let context = Context::from_pairs(cpairs).map_err(|e| err(&e))?;
         let action_uid = match action {

@@ -88,7 +88,12 @@ fn bench_root() -> PathBuf {
 }
 
 fn engineer_ctx() -> RequestContext {
-    RequestContext { purpose: Some("support".into()), justification: Some("TICKET-4711".into()), approvals: vec![] }
+    RequestContext {
+        purpose: Some("support".into()),
+        justification: Some("TICKET-4711".into()),
+        approvals: vec![],
+        destination: None,
+    }
 }
 
 fn profile_fields(n: usize) -> Map<String, Value> {

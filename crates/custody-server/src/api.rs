@@ -149,7 +149,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
         let approvals = header_text(&parts.headers, APPROVALS_HEADER)?
             .map(|s| s.split(',').map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect())
             .unwrap_or_default();
-        Ok(Ctx(RequestContext { purpose, justification, approvals }))
+        Ok(Ctx(RequestContext { purpose, justification, approvals, destination: None }))
     }
 }
 
@@ -169,6 +169,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
         search,
         export_subject,
         erase_subject,
+        export_data,
         healthz,
         metrics
     ),
@@ -211,6 +212,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/collections/{collection}/search", post(search))
         .route("/v1/subjects/{subject}/export", get(export_subject))
         .route("/v1/subjects/{subject}/erase", post(erase_subject))
+        .route("/v1/egress/exports", post(export_data))
         .route("/log/checkpoint", get(log_checkpoint))
         .route("/log/key", get(log_key))
         .route("/log/keys", get(log_keys))
@@ -532,6 +534,59 @@ async fn erase_subject(
     ApiPath(subject): ApiPath<String>,
 ) -> Result<Json<ErasureResponse>, ApiError> {
     Ok(Json(crate::subject::erase(&s, &caller, &subject, &ctx).await?))
+}
+
+/// Header of an export's answer: SHA-256 (hex) of the body, as logged.
+pub const EXPORT_SHA256_HEADER: &str = "custody-export-sha256";
+/// Header of an export's answer: rows (or released groups) in the body.
+pub const EXPORT_ROWS_HEADER: &str = "custody-export-rows";
+/// Header of an export's answer: groups suppressed below `k`.
+pub const EXPORT_SUPPRESSED_HEADER: &str = "custody-export-suppressed";
+/// Header of an export's answer: the receipt of its log entry, as base64url (no padding) JSON.
+pub const EXPORT_RECEIPT_HEADER: &str = "custody-receipt";
+
+/// Exports data across the boundary through the egress gateway (body: an export request
+/// naming collection, profile, destination and purpose). Cedar decides every class read for
+/// action `export` with the destination in the context; the answer (NDJSON) is served only
+/// after the `export` log entry carrying its SHA-256 is durable. A denial is logged and
+/// answers 403.
+#[utoipa::path(post, path = "/v1/egress/exports",
+    params(("custody-justification" = Option<String>, Header)),
+    responses((status = 200, description = "the export, NDJSON; headers carry its SHA-256, rows and log receipt", content_type = "application/x-ndjson"),
+        (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem), (status = 503, body = Problem)))]
+async fn export_data(
+    State(s): State<AppState>,
+    Authed(caller): Authed,
+    Ctx(ctx): Ctx,
+    ApiJson(req): ApiJson<custody_egress::ExportRequest>,
+) -> Result<Response, ApiError> {
+    use base64::Engine as _;
+    let ready = crate::egress::export(&s, &caller, req, &ctx).await?;
+    let receipt = serde_json::to_vec(&ready.receipt).map_err(ApiError::internal)?;
+    let receipt = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(receipt);
+    let file = tokio::fs::File::from_std(ready.file);
+    let stream = futures_util::stream::unfold(file, |mut f| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 64 * 1024];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(buf), f))
+            }
+            Err(e) => Some((Err(e), f)),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .header(header::CONTENT_LENGTH, ready.summary.bytes)
+        .header(EXPORT_SHA256_HEADER, &ready.summary.sha256)
+        .header(EXPORT_ROWS_HEADER, ready.summary.rows)
+        .header(EXPORT_SUPPRESSED_HEADER, ready.summary.suppressed)
+        .header(EXPORT_RECEIPT_HEADER, receipt)
+        .body(axum::body::Body::from_stream(stream))
+        .map_err(ApiError::internal)
 }
 
 /// Liveness: 200 while the server runs.

@@ -13,6 +13,7 @@ pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod deploy;
+pub mod egress;
 pub mod error;
 pub mod guard;
 pub mod limits;

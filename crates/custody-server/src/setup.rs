@@ -48,8 +48,11 @@ pub const SAMPLE_POLICIES: &[(&str, &str)] = &[
     ("20-workloads.cedar", include_str!("../../../deploy/sample/policies/20-workloads.cedar")),
     ("30-subjects.cedar", include_str!("../../../deploy/sample/policies/30-subjects.cedar")),
     ("40-subject-rights.cedar", include_str!("../../../deploy/sample/policies/40-subject-rights.cedar")),
+    ("50-egress.cedar", include_str!("../../../deploy/sample/policies/50-egress.cedar")),
     ("90-boundary.cedar", include_str!("../../../deploy/sample/policies/90-boundary.cedar")),
 ];
+/// The sample deployment's export profiles, seeded beside the sample schema.
+pub const SAMPLE_EGRESS: &str = include_str!("../../../deploy/sample/egress.toml");
 
 /// Why the server could not start. Each names the file or setting at fault.
 #[derive(Debug, Error)]
@@ -95,6 +98,9 @@ pub enum SetupError {
     /// The witness settings are unusable.
     #[error(transparent)]
     Witness(#[from] crate::witness::WitnessSetupError),
+    /// The export profiles or the epsilon budget store are unusable.
+    #[error("egress: {0}")]
+    Egress(String),
 }
 
 /// The resolved settings the server runs with.
@@ -135,6 +141,13 @@ pub struct ServerConfig {
     pub witness_quorum: usize,
     /// Who holds the KEK: the embedded key file (the default) or a PKCS#11 token.
     pub key_provider: KeyProviderConfig,
+    /// The export profile file; `None` means `<data_dir>/egress.toml`, seeded from the sample
+    /// when the schema is the sample's too (otherwise no profile, so no export, exists).
+    pub egress_profiles: Option<PathBuf>,
+    /// Total differential-privacy epsilon each export destination may spend.
+    pub egress_epsilon_budget: f64,
+    /// Length of a pseudonym key epoch for exports, in days.
+    pub egress_epoch_days: u32,
 }
 
 /// Which key provider holds the KEK.
@@ -191,6 +204,9 @@ impl ServerConfig {
             witnesses: Vec::new(),
             witness_quorum: 0,
             key_provider: KeyProviderConfig::File,
+            egress_profiles: None,
+            egress_epsilon_budget: 1.0,
+            egress_epoch_days: 30,
         }
     }
 }
@@ -219,6 +235,10 @@ pub struct DataDir {
     pub policies: PathBuf,
     /// The operator socket.
     pub admin_socket: PathBuf,
+    /// The export profile file, if there is one.
+    pub egress_profiles: Option<PathBuf>,
+    /// Egress state: the epsilon budget and the spool of exports being served.
+    pub egress: PathBuf,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SetupError + '_ {
@@ -274,7 +294,21 @@ impl DataDir {
                 p
             }
         };
+        let egress_profiles = match &cfg.egress_profiles {
+            Some(p) => Some(p.clone()),
+            None => {
+                let p = root.join("egress.toml");
+                if !p.exists() && cfg.schema.is_none() {
+                    std::fs::write(&p, SAMPLE_EGRESS).map_err(io(&p))?;
+                }
+                p.exists().then_some(p)
+            }
+        };
+        let egress = root.join("egress");
+        std::fs::create_dir_all(&egress).map_err(io(&egress))?;
         Ok(Self {
+            egress_profiles,
+            egress,
             kek: keys.join("kek"),
             events: audit.join("events.jsonl"),
             admin_socket: root.join("admin.sock"),
@@ -304,6 +338,8 @@ pub struct ServerState {
     pub limits: crate::limits::Limits,
     /// The witnesses whose quorum gates `/log/checkpoint`, if configured.
     pub witnesses: Option<Arc<crate::witness::Witnesses>>,
+    /// The egress gateway: export profiles, epsilon budget, pseudonym key, spool.
+    pub egress: crate::egress::Gateway,
     /// Whether this open created the KEK and system keys (a fresh data dir), so
     /// [`ServerState::announce`] logs their creation.
     fresh_keys: bool,
@@ -358,6 +394,7 @@ impl ServerState {
         let store = Arc::new(RedbStore::open(&dirs.root, &dirs.keys)?);
         let vault = Arc::new(Vault::new(store.clone(), store.clone(), provider)?);
         let metrics = Arc::new(Metrics::new());
+        let egress = crate::egress::Gateway::open(&cfg, &dirs, &schema, &vault)?;
         let guard = Guard::new(schema, vault, policy.clone(), sink, metrics.clone());
         let auth = Authenticator::new(store, policy.clone());
         let deploy =
@@ -373,6 +410,7 @@ impl ServerState {
             deploy,
             limits,
             witnesses,
+            egress,
             fresh_keys,
             config: cfg,
             dirs,
@@ -391,6 +429,9 @@ impl ServerState {
         }
         if self.deploy.fresh_key {
             created.push("build");
+        }
+        if self.egress.fresh_key {
+            created.push("egress-pseudonym");
         }
         {
             for key in created {

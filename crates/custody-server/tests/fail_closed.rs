@@ -59,7 +59,12 @@ async fn audit_failure_releases_nothing() {
         .authenticate(Some(&format!("Bearer {}", principal(&state, "app", "workload", &["app-backend"]))))
         .unwrap();
     let eng = state.auth.authenticate(Some(&format!("Bearer {}", principal(&state, "eng", "engineer", &[])))).unwrap();
-    let ctx = RequestContext { purpose: Some("support".into()), justification: Some("T-1".into()), approvals: vec![] };
+    let ctx = RequestContext {
+        purpose: Some("support".into()),
+        justification: Some("T-1".into()),
+        approvals: vec![],
+        destination: None,
+    };
     let body = CreateRecord {
         id: Some("u1".into()),
         subject: Some("s1".into()),

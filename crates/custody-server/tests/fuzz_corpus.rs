@@ -130,3 +130,14 @@ fn policy_file_seeds_are_the_sample_deployments() {
         assert_eq!(seed.as_slice(), text.as_bytes(), "refresh fuzz/corpus/policy_file/sample-{name}");
     }
 }
+
+#[test]
+fn egress_request_corpus_plans_only_the_valid_seeds() {
+    let mut planned = Vec::new();
+    for (name, data) in corpus("egress_request") {
+        if fuzz_support::egress_request(&data) {
+            planned.push(name);
+        }
+    }
+    assert_eq!(planned, ["valid-aggregate.json", "valid-rows.json"]);
+}

@@ -500,6 +500,7 @@ fn run_case(world: &World, case: &Case) -> Result<(), TestCaseError> {
         purpose: case.context.purpose.map(String::from),
         justification: case.context.justification.map(String::from),
         approvals: vec![],
+        destination: None,
     };
     let model = Model { world, set: &set, prepared: &prepared, ctx: &ctx };
 

@@ -243,6 +243,37 @@ impl RecordStore for RedbStore {
         Ok(out)
     }
 
+    fn scan(
+        &self,
+        collection: &CollectionName,
+        after: Option<&RecordId>,
+        limit: usize,
+    ) -> Result<Vec<(RecordId, StoredRecord)>, VaultError> {
+        let r = self.records.begin_read()?;
+        let t = r.open_table(RECORDS)?;
+        let prefix = [collection.as_str().as_bytes(), b"\0"].concat();
+        // After the prefix's last possible key: the collection name followed by 0x01.
+        let end = [collection.as_str().as_bytes(), b"\x01"].concat();
+        let start = match after {
+            Some(id) => {
+                let mut k = record_key(collection, id);
+                k.push(0);
+                k
+            }
+            None => prefix.clone(),
+        };
+        let mut out = Vec::with_capacity(limit.min(4096));
+        for entry in t.range(start.as_slice()..end.as_slice())? {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = entry?;
+            let (_, id) = parse_record_key(k.value())?;
+            out.push((id, decode(&format!("{collection}/record"), v.value())?));
+        }
+        Ok(out)
+    }
+
     fn tombstone_subject(&self, subject: &SubjectId) -> Result<u64, VaultError> {
         let prefix = subject_prefix(subject);
         let mut end = prefix.clone();

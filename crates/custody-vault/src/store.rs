@@ -143,6 +143,19 @@ pub trait RecordStore: Send + Sync {
     /// [`VaultError::Storage`] or [`VaultError::Corrupt`].
     fn tombstone_subject(&self, subject: &SubjectId) -> Result<u64, VaultError>;
 
+    /// Up to `limit` records of `collection` with ids after `after` (exclusive), in id
+    /// order: the scan an export makes, a page at a time so memory stays bounded.
+    /// Tombstoned records are not listed.
+    ///
+    /// # Errors
+    /// [`VaultError::Storage`] or [`VaultError::Corrupt`].
+    fn scan(
+        &self,
+        collection: &CollectionName,
+        after: Option<&RecordId>,
+        limit: usize,
+    ) -> Result<Vec<(RecordId, StoredRecord)>, VaultError>;
+
     /// Ids of records whose `field` has index term `term`, at most `limit`.
     ///
     /// # Errors

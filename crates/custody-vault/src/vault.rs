@@ -96,6 +96,9 @@ fn dek_context(subject: &SubjectId, version: u32) -> Vec<u8> {
     [b"dek\0".as_slice(), subject.as_str().as_bytes(), b"\0", &version.to_be_bytes()].concat()
 }
 
+/// The system key egress pseudonyms are derived from.
+const EGRESS_KEY: &str = "egress-pseudonym";
+
 fn system_context(name: &str) -> Vec<u8> {
     [b"system\0".as_slice(), name.as_bytes()].concat()
 }
@@ -465,6 +468,30 @@ impl Vault {
         limit: usize,
     ) -> Result<Vec<(CollectionName, RecordId)>, VaultError> {
         self.records.subject_records(subject, limit)
+    }
+
+    /// Up to `limit` stored (still sealed) records of `collection` after `after`, in id order.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn scan(
+        &self,
+        collection: &CollectionName,
+        after: Option<&RecordId>,
+        limit: usize,
+    ) -> Result<Vec<(RecordId, StoredRecord)>, VaultError> {
+        self.records.scan(collection, after, limit)
+    }
+
+    /// The deployment's egress pseudonym key, created on first use; the flag says whether
+    /// this call created it (a key event for the log). Per-destination, per-epoch keys are
+    /// derived from it, so pseudonyms in exports are unlinkable to the log's pseudonyms.
+    ///
+    /// # Errors
+    /// Storage failures, or [`VaultError::Integrity`] if it does not unwrap.
+    pub fn egress_key(&self) -> Result<([u8; 32], bool), VaultError> {
+        let existed = self.keys.system_key(EGRESS_KEY)?.is_some();
+        Ok((system_key(self.keys.as_ref(), self.provider.as_ref(), EGRESS_KEY)?, !existed))
     }
 
     /// Erases a subject: destroys their DEK in the key store (durably; from then on nothing

@@ -136,6 +136,26 @@ pub enum VerifyError {
     /// The entry given is not the one the receipt is for.
     #[error("entry does not match the receipt")]
     EntryMismatch,
+    /// The logged entry is not a permitted export, or the receipt does not carry one.
+    #[error("not an export receipt: {0}")]
+    NotAnExport(String),
+    /// The file is not exactly what the export entry says was released.
+    #[error(
+        "the file does not match its export entry: logged {logged_bytes} bytes with SHA-256 {logged}, the file has {bytes} bytes with SHA-256 {actual}"
+    )]
+    ExportMismatch {
+        /// SHA-256 (hex) in the entry.
+        logged: String,
+        /// Length in the entry.
+        logged_bytes: u64,
+        /// SHA-256 (hex) of the file.
+        actual: String,
+        /// Length of the file.
+        bytes: u64,
+    },
+    /// The file could not be read.
+    #[error("reading the file: {0}")]
+    Io(String),
     /// The receipt's path does not lead to its batch root.
     #[error("receipt's batch path does not verify")]
     ReceiptPathFailed,
@@ -543,4 +563,68 @@ mod tests {
             Err(VerifyError::OriginMismatch { .. })
         ));
     }
+}
+
+/// What checking an exported file against its export entry established.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportCheck {
+    /// The entry's index in the log.
+    pub index: u64,
+    /// The destination the export went to.
+    pub destination: String,
+    /// Rows the entry says the file holds.
+    pub rows: u64,
+    /// The file's length.
+    pub bytes: u64,
+    /// The file's SHA-256 (hex), equal to the logged one.
+    pub sha256: String,
+}
+
+/// Checks an exported file against its export receipt (as `custody export` saves it beside
+/// the file: `{"index": I, "detail": {"entry": "...", "log": {...}}}`): the log key signed the
+/// entry, the entry is a permitted export, and the file is exactly the bytes it names.
+///
+/// # Errors
+/// [`VerifyError::NotAnExport`], [`VerifyError::ExportMismatch`], [`VerifyError::Io`], and
+/// the errors of [`verify_receipt`].
+pub fn verify_export(mut file: impl std::io::Read, receipt: &str, vkey: &str) -> Result<ExportCheck, VerifyError> {
+    use sha2::Digest as _;
+    let not = |m: &str| VerifyError::NotAnExport(m.to_string());
+    let wrapper: serde_json::Value = serde_json::from_str(receipt).map_err(|e| not(&e.to_string()))?;
+    let detail = wrapper.get("detail").ok_or_else(|| not("no `detail`"))?;
+    let entry = detail.get("entry").and_then(serde_json::Value::as_str).ok_or_else(|| not("no logged entry"))?;
+    let log = detail.get("log").ok_or_else(|| not("no log receipt"))?;
+    let verified = verify_receipt(&log.to_string(), vkey, entry.as_bytes())?;
+    let e: serde_json::Value = serde_json::from_str(entry).map_err(|e| not(&e.to_string()))?;
+    let text = |k: &str| e.get(k).and_then(serde_json::Value::as_str);
+    if text("kind") != Some("export") {
+        return Err(not("the entry's kind is not `export`"));
+    }
+    if text("decision") != Some("permit") {
+        return Err(not("the entry records a refused export, which released nothing"));
+    }
+    let logged = text("sha256").ok_or_else(|| not("the entry has no `sha256`"))?.to_string();
+    let logged_bytes = e.get("bytes").and_then(serde_json::Value::as_u64).ok_or_else(|| not("no `bytes`"))?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut bytes = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(|e| VerifyError::Io(e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(buf.get(..n).unwrap_or_default());
+        bytes += n as u64;
+    }
+    let actual = hex::encode(hasher.finalize());
+    if actual != logged || bytes != logged_bytes {
+        return Err(VerifyError::ExportMismatch { logged, logged_bytes, actual, bytes });
+    }
+    Ok(ExportCheck {
+        index: verified.index,
+        destination: text("destination").unwrap_or_default().to_string(),
+        rows: e.get("rows").and_then(serde_json::Value::as_u64).unwrap_or(0),
+        bytes,
+        sha256: actual,
+    })
 }

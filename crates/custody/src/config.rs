@@ -106,6 +106,15 @@ pub(crate) struct SettingArgs {
     /// Label prefix of the KEK objects in the token; version n is PREFIX-vn [default: custody-kek]
     #[arg(long, env = "CUSTODY_PKCS11_KEY_LABEL", global = true, value_name = "PREFIX")]
     pub(crate) pkcs11_key_label: Option<String>,
+    /// Export profile file (TOML) [default: <data-dir>/egress.toml, seeded from the sample]
+    #[arg(long, env = "CUSTODY_EGRESS_PROFILES", global = true, value_name = "FILE")]
+    pub(crate) egress_profiles: Option<PathBuf>,
+    /// Total differential-privacy epsilon each export destination may spend [default: 1.0]
+    #[arg(long, env = "CUSTODY_EGRESS_EPSILON_BUDGET", global = true, value_name = "EPSILON")]
+    pub(crate) egress_epsilon_budget: Option<f64>,
+    /// Days per pseudonym key epoch of exports [default: 30]
+    #[arg(long, env = "CUSTODY_EGRESS_EPOCH_DAYS", global = true, value_name = "DAYS")]
+    pub(crate) egress_epoch_days: Option<u64>,
     /// Log filter, e.g. `info` or `custody=debug` [default: info]
     #[arg(long, env = "CUSTODY_LOG", global = true, value_name = "FILTER")]
     pub(crate) log: Option<String>,
@@ -162,6 +171,9 @@ const KEYS: &[&str] = &[
     "pkcs11_pin",
     "pkcs11_pin_file",
     "pkcs11_key_label",
+    "egress_profiles",
+    "egress_epsilon_budget",
+    "egress_epoch_days",
     "log",
 ];
 
@@ -290,6 +302,18 @@ fn file_int(table: &toml::Table, key: &str, problems: &mut Vec<String>, file: &P
         Some(toml::Value::Integer(i)) if *i >= 0 => Some(*i as u64),
         Some(other) => {
             problems.push(format!("`{key}` in `{}` must be a non-negative integer, found {other}", file.display()));
+            None
+        }
+    }
+}
+
+fn file_float(table: &toml::Table, key: &str, problems: &mut Vec<String>, file: &Path) -> Option<f64> {
+    match table.get(key) {
+        None => None,
+        Some(toml::Value::Float(f)) => Some(*f),
+        Some(toml::Value::Integer(i)) => Some(*i as f64),
+        Some(other) => {
+            problems.push(format!("`{key}` in `{}` must be a number, found {other}", file.display()));
             None
         }
     }
@@ -500,6 +524,21 @@ impl Settings {
             problems.push("`witness_quorum` is set but no `witnesses` are configured".into());
         }
         let key_provider = key_provider(args, &table, &mut problems, &file);
+        let egress_profiles = path(&args.egress_profiles, "egress_profiles", &mut problems);
+        let epsilon_budget = args
+            .egress_epsilon_budget
+            .or_else(|| file_float(&table, "egress_epsilon_budget", &mut problems, &file))
+            .unwrap_or(1.0);
+        if !(epsilon_budget.is_finite() && (0.0..=1000.0).contains(&epsilon_budget)) {
+            problems.push(format!("`egress_epsilon_budget`: {epsilon_budget} is outside 0..=1000"));
+        }
+        let epoch_days = args
+            .egress_epoch_days
+            .or_else(|| file_int(&table, "egress_epoch_days", &mut problems, &file))
+            .unwrap_or(30);
+        if !(1..=3650).contains(&epoch_days) {
+            problems.push(format!("`egress_epoch_days`: {epoch_days} is outside 1..=3650"));
+        }
         let log =
             args.log.clone().or_else(|| file_str(&table, "log", &mut problems, &file)).unwrap_or_else(|| "info".into());
         // Filters are ASCII (targets, levels, field names). tracing-subscriber 0.3 panics on some
@@ -529,6 +568,9 @@ impl Settings {
                     witnesses,
                     witness_quorum: witness_quorum as usize,
                     key_provider,
+                    egress_profiles,
+                    egress_epsilon_budget: epsilon_budget,
+                    egress_epoch_days: u32::try_from(epoch_days).unwrap_or(30),
                 },
                 log,
             }),

@@ -56,6 +56,8 @@ enum Command {
     /// Subject rights: export everything about a subject, or erase them
     #[command(subcommand)]
     Subject(cmd::subject::SubjectCmd),
+    /// Export data across the boundary through the egress gateway (transformed, budgeted, logged)
+    Export(cmd::export::ExportArgs),
     /// Key custody: KEK status and rotation
     #[command(subcommand)]
     Keys(cmd::keys::KeysCmd),
@@ -92,6 +94,7 @@ fn main() -> std::process::ExitCode {
         Command::Principal(c) => cmd::principal::run(&settings, cli.format, c),
         Command::Policy(c) => cmd::policy::run(&settings, cli.format, c),
         Command::Subject(c) => cmd::subject::run(&settings, cli.format, c),
+        Command::Export(a) => cmd::export::run(&settings, cli.format, a),
         Command::Keys(c) => cmd::keys::run(&settings, cli.format, c),
         Command::Bench(a) => cmd::bench::run(&settings, cli.format, a),
         Command::Review(c) => cmd::deploy::review(&settings, cli.format, c),

@@ -49,6 +49,8 @@ pub(crate) struct BenchArgs {
 pub(crate) enum BenchCmd {
     /// KEK rotation over many subject DEKs (file provider or PKCS#11): time and peak memory
     Rotate(super::bench_rotate::RotateArgs),
+    /// The egress gateway: a pseudonymise + generalise export of N profile rows from the vault
+    Egress(super::bench_egress::EgressBenchArgs),
 }
 
 /// One round's figures.
@@ -96,8 +98,10 @@ async fn unguarded(
 
 pub(crate) fn run(settings: &Settings, format: Format, mut args: BenchArgs) -> anyhow::Result<()> {
     super::init_tracing("warn");
-    if let Some(BenchCmd::Rotate(r)) = args.what.take() {
-        return super::bench_rotate::run(settings, format, r);
+    match args.what.take() {
+        Some(BenchCmd::Rotate(r)) => return super::bench_rotate::run(settings, format, r),
+        Some(BenchCmd::Egress(a)) => return super::bench_egress::run(format, a),
+        None => {}
     }
     let rt = super::runtime()?;
     rt.block_on(bench(settings, format, args))

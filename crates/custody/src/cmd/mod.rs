@@ -1,9 +1,11 @@
 //! One module per subcommand.
 
 pub(crate) mod bench;
+pub(crate) mod bench_egress;
 pub(crate) mod bench_rotate;
 pub(crate) mod demo;
 pub(crate) mod deploy;
+pub(crate) mod export;
 pub(crate) mod keys;
 pub(crate) mod policy;
 pub(crate) mod principal;

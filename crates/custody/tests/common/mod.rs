@@ -63,6 +63,18 @@ impl Server {
         log: Option<&std::path::Path>,
         env: &[(&str, &std::ffi::OsStr)],
     ) -> Server {
+        let (child, base) = Self::spawn(&dir.path().join("data"), flags, log, env);
+        let s = Server { child, dir, base };
+        s.wait_ready();
+        s
+    }
+
+    fn spawn(
+        data: &std::path::Path,
+        flags: &[&str],
+        log: Option<&std::path::Path>,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> (Child, String) {
         let port = free_port();
         let (level, out, err) = match log {
             Some(path) => {
@@ -73,7 +85,7 @@ impl Server {
         };
         let child = Command::new(BIN)
             .arg("--data-dir")
-            .arg(dir.path().join("data"))
+            .arg(data)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(flags)
             .arg("serve")
@@ -83,14 +95,27 @@ impl Server {
             .stderr(err)
             .spawn()
             .unwrap();
-        let base = format!("http://127.0.0.1:{port}");
-        let s = Server { child, dir, base };
+        (child, format!("http://127.0.0.1:{port}"))
+    }
+
+    fn wait_ready(&self) {
+        let addr = self.base.trim_start_matches("http://").to_string();
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() || !s.data().join("admin.sock").exists() {
+        while std::net::TcpStream::connect(&addr).is_err() || !self.data().join("admin.sock").exists() {
             assert!(Instant::now() < deadline, "server did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
-        s
+    }
+
+    /// Kills the server and starts it again on the same data dir (on a new port), with `flags`.
+    pub(crate) fn restart(&mut self, flags: &[&str]) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(self.data().join("admin.sock"));
+        let (child, base) = Self::spawn(&self.data(), flags, None, &[]);
+        self.child = child;
+        self.base = base;
+        self.wait_ready();
     }
 
     /// The server's process id.
