@@ -118,12 +118,25 @@ async fn log_decision(
     Ok(receipt)
 }
 
-fn checkpoint_size(log: &Log, text: &str) -> Result<u64, GuardError> {
-    let note = Note::open(text.as_bytes(), &[&log.verifier()])
-        .map_err(|e| GuardError::Integrity(format!("the log's own checkpoint does not verify: {e}")))?;
-    Checkpoint::parse(&note.text)
-        .map(|c| c.size)
-        .map_err(|e| GuardError::Integrity(format!("the log's own checkpoint does not parse: {e}")))
+/// The size of the published checkpoint `text` and the vkey that signed it: right after a
+/// log-key rotation the published checkpoint may still be the previous key's, so every key in
+/// the log's history is tried, newest first.
+fn checkpoint_size(log: &Log, text: &str) -> Result<(u64, String), GuardError> {
+    let mut last_error = String::from("no key");
+    for vkey in log.key_history().into_iter().rev().map(|k| k.vkey) {
+        let verifier = custody_tlog::note::Ed25519Verifier::from_verifier_key(&vkey)
+            .map_err(|e| GuardError::Integrity(format!("the log's key `{vkey}` does not parse: {e}")))?;
+        match Note::open(text.as_bytes(), &[&verifier]) {
+            Ok(note) => {
+                let size = Checkpoint::parse(&note.text)
+                    .map(|c| c.size)
+                    .map_err(|e| GuardError::Integrity(format!("the log's own checkpoint does not parse: {e}")))?;
+                return Ok((size, vkey));
+            }
+            Err(e) => last_error = e.to_string(),
+        }
+    }
+    Err(GuardError::Integrity(format!("the log's own checkpoint does not verify: {last_error}")))
 }
 
 fn inclusion(log: &Log, index: u64, size: u64) -> Result<Value, GuardError> {
@@ -143,7 +156,7 @@ fn names(entry: &[u8], pseudonym: &str) -> bool {
 /// Every entry about `pseudonym` in the tree of the current checkpoint, with proofs.
 fn scan_log(log: &Log, pseudonym: &PseudonymId) -> Result<ExportLog, GuardError> {
     let checkpoint = log.checkpoint_text();
-    let size = checkpoint_size(log, &checkpoint)?;
+    let (size, vkey) = checkpoint_size(log, &checkpoint)?;
     let storage = |e: custody_log::LogError| GuardError::Storage(e.to_string());
     let mut entries = Vec::new();
     let mut truncated = false;
@@ -170,7 +183,7 @@ fn scan_log(log: &Log, pseudonym: &PseudonymId) -> Result<ExportLog, GuardError>
             });
         }
     }
-    Ok(ExportLog { origin: log.origin().to_string(), vkey: log.verifier_key(), checkpoint, size, entries, truncated })
+    Ok(ExportLog { origin: log.origin().to_string(), vkey, checkpoint, size, entries, truncated })
 }
 
 /// Exports what custody holds and logged about `subject`: every record (opened class by
@@ -303,7 +316,7 @@ async fn proof_when_checkpointed(log: &Log, index: u64) -> Result<(Option<String
     let deadline = Instant::now() + CHECKPOINT_WAIT;
     loop {
         let text = log.checkpoint_text();
-        let size = checkpoint_size(log, &text)?;
+        let (size, _) = checkpoint_size(log, &text)?;
         if size > index {
             return Ok((Some(text), inclusion(log, index, size)?));
         }
