@@ -106,7 +106,7 @@ pub(crate) struct SettingArgs {
     /// Label prefix of the KEK objects in the token; version n is PREFIX-vn [default: custody-kek]
     #[arg(long, env = "CUSTODY_PKCS11_KEY_LABEL", global = true, value_name = "PREFIX")]
     pub(crate) pkcs11_key_label: Option<String>,
-    /// Export profile file (TOML) [default: <data-dir>/egress.toml, seeded from the sample]
+    /// Export profile file (TOML) [default: DATA_DIR/egress.toml, seeded from the sample]
     #[arg(long, env = "CUSTODY_EGRESS_PROFILES", global = true, value_name = "FILE")]
     pub(crate) egress_profiles: Option<PathBuf>,
     /// Total differential-privacy epsilon each export destination may spend [default: 1.0]
