@@ -223,7 +223,7 @@ pub(crate) fn field_name(field: &str) -> Option<FieldName> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 

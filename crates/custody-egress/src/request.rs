@@ -387,20 +387,7 @@ mod tests {
     use super::*;
     use crate::Profiles;
 
-    const SCHEMA: &str = r#"
-[collections.profiles.fields.email]
-type = "string"
-class = "protected"
-[collections.profiles.fields.handle]
-type = "string"
-class = "public"
-[collections.profiles.fields.birthdate]
-type = "date"
-class = "protected"
-[collections.profiles.fields.watch_minutes]
-type = "integer"
-class = "aggregate"
-"#;
+    use crate::profile::tests::SCHEMA;
     const PROFILES: &str = r#"
 [profiles.p]
 collection = "profiles"
