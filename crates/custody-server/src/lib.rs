@@ -20,4 +20,4 @@ pub mod setup;
 pub use custody_api as wire;
 pub use error::ApiError;
 pub use guard::{Guard, GuardError};
-pub use setup::{DataDir, ServerConfig, ServerState};
+pub use setup::{DataDir, ServerConfig, ServerState, Storage, open_principal_store};

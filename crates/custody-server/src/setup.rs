@@ -15,6 +15,10 @@
 //!   policies/*.cedar    seeded likewise
 //!   admin.sock          operator socket while the server runs (mode 0600)
 //! ```
+//!
+//! With [`Storage::Postgres`], records, wrapped keys and the log's frames, tiles and
+//! checkpoint live in PostgreSQL instead (see `custody-pg`); the data dir keeps the secrets
+//! (KEK, log signing key), the schema and the policies.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -32,7 +36,7 @@ use crate::guard::GuardError;
 use custody_crypto::FileKeyProvider;
 use custody_log::{Log, LogConfig};
 use custody_policy::PolicyEngine;
-use custody_vault::{RedbStore, Vault};
+use custody_vault::{KeyStore, PrincipalStore, RecordStore, RedbStore, Vault};
 
 use crate::auth::Authenticator;
 use crate::guard::Guard;
@@ -84,6 +88,52 @@ pub enum SetupError {
     /// The transparency log could not be opened (damaged, tampered, or misconfigured).
     #[error(transparent)]
     Log(#[from] custody_log::LogError),
+    /// The PostgreSQL backend could not be reached or migrated.
+    #[error(transparent)]
+    Postgres(#[from] custody_pg::PgError),
+}
+
+/// Where records, keys and the log are kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Storage {
+    /// redb files and the file log under the data dir: one node, nothing else to run.
+    #[default]
+    Embedded,
+    /// A PostgreSQL database (keys optionally in another one), for operators who run it at scale.
+    Postgres(custody_pg::PgConfig),
+}
+
+/// The stores a node runs on, whichever the backend.
+struct Stores {
+    records: Arc<dyn RecordStore>,
+    keys: Arc<dyn KeyStore>,
+    principals: Arc<dyn PrincipalStore>,
+    /// The log's storage when it is not the data dir's files.
+    log: Option<Arc<dyn custody_log::LogStorage>>,
+}
+
+impl Stores {
+    fn open(cfg: &ServerConfig, dirs: &DataDir) -> Result<Stores, SetupError> {
+        match &cfg.storage {
+            Storage::Embedded => {
+                let s = Arc::new(RedbStore::open(&dirs.root, &dirs.keys)?);
+                Ok(Stores { records: s.clone(), keys: s.clone(), principals: s, log: None })
+            }
+            Storage::Postgres(pg) => {
+                let s = Arc::new(custody_pg::PgStore::connect(pg)?);
+                let log = Arc::new(s.log_storage()?);
+                Ok(Stores { records: s.clone(), keys: s.clone(), principals: s, log: Some(log) })
+            }
+        }
+    }
+}
+
+/// The principal store `cfg` names, for offline commands.
+///
+/// # Errors
+/// [`SetupError::Vault`] or [`SetupError::Postgres`].
+pub fn open_principal_store(cfg: &ServerConfig, dirs: &DataDir) -> Result<Arc<dyn PrincipalStore>, SetupError> {
+    Ok(Stores::open(cfg, dirs)?.principals)
 }
 
 /// The resolved settings the server runs with.
@@ -109,6 +159,8 @@ pub struct ServerConfig {
     pub log_max_delay: Duration,
     /// How often a new checkpoint is signed while the log grows.
     pub checkpoint_interval: Duration,
+    /// Where records, keys and the log are kept.
+    pub storage: Storage,
 }
 
 impl ServerConfig {
@@ -125,6 +177,7 @@ impl ServerConfig {
             log_origin: "custody.local/us".into(),
             log_max_delay: Duration::ZERO,
             checkpoint_interval: Duration::from_secs(1),
+            storage: Storage::Embedded,
         }
     }
 }
@@ -258,8 +311,12 @@ impl ServerState {
         log_cfg.max_batch = cfg.audit_max_batch;
         log_cfg.max_delay = cfg.log_max_delay;
         log_cfg.checkpoint_interval = cfg.checkpoint_interval;
-        let log = Arc::new(Log::open(log_cfg)?);
-        Self::assemble(cfg, dirs, log.clone(), Some(log))
+        let stores = Stores::open(&cfg, &dirs)?;
+        let log = Arc::new(match &stores.log {
+            Some(storage) => Log::open_with(log_cfg, storage.clone())?,
+            None => Log::open(log_cfg)?,
+        });
+        Self::assemble(cfg, dirs, stores, log.clone(), Some(log))
     }
 
     /// Opens the data dir with another audit sink (tests, benchmarks); `/log/` then answers 404.
@@ -267,12 +324,14 @@ impl ServerState {
     /// # Errors
     /// Any [`SetupError`].
     pub fn open_with_sink(cfg: ServerConfig, dirs: DataDir, sink: Arc<dyn AuditSink>) -> Result<Arc<Self>, SetupError> {
-        Self::assemble(cfg, dirs, sink, None)
+        let stores = Stores::open(&cfg, &dirs)?;
+        Self::assemble(cfg, dirs, stores, sink, None)
     }
 
     fn assemble(
         cfg: ServerConfig,
         dirs: DataDir,
+        stores: Stores,
         sink: Arc<dyn AuditSink>,
         log: Option<Arc<Log>>,
     ) -> Result<Arc<Self>, SetupError> {
@@ -284,11 +343,10 @@ impl ServerState {
         let policy = Arc::new(PolicyEngine::load_dir(cfg.jurisdiction.clone(), &dirs.policies)?);
         let fresh_keys = !dirs.kek.exists();
         let provider = Arc::new(FileKeyProvider::open_or_create(&dirs.kek)?);
-        let store = Arc::new(RedbStore::open(&dirs.root, &dirs.keys)?);
-        let vault = Arc::new(Vault::new(store.clone(), store.clone(), provider)?);
+        let vault = Arc::new(Vault::new(stores.records, stores.keys, provider)?);
         let metrics = Arc::new(Metrics::new());
         let guard = Guard::new(schema, vault, policy.clone(), sink, metrics.clone());
-        let auth = Authenticator::new(store, policy.clone());
+        let auth = Authenticator::new(stores.principals, policy.clone());
         Ok(Arc::new(Self { guard, auth, metrics, policy, log, fresh_keys, config: cfg, dirs }))
     }
 
