@@ -23,7 +23,7 @@ use custody_core::LogEntry;
 use thiserror::Error;
 
 /// Proof that an event was made durable.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AuditReceipt {
     /// The event's position in the sink (0-based).
     pub index: u64,

@@ -713,6 +713,17 @@ impl Drop for Log {
 impl AuditSink for Log {
     fn submit(&self, event: &LogEntry) -> Result<Pending, AuditError> {
         let entry = serde_json::to_vec(event).map_err(|e| AuditError::Failed(e.to_string()))?;
+        self.submit_canonical(entry)
+    }
+}
+
+impl Log {
+    /// Queues an entry already in its canonical text (as [`AuditSink::submit`] makes it), for a
+    /// node that sequences entries other nodes forward; resolves exactly as `submit` does.
+    ///
+    /// # Errors
+    /// As [`AuditSink::submit`].
+    pub fn submit_canonical(&self, entry: Vec<u8>) -> Result<Pending, AuditError> {
         if entry.len() > MAX_ENTRY_SIZE {
             return Err(AuditError::Failed(LogError::EntryTooLarge(entry.len()).to_string()));
         }
@@ -729,6 +740,23 @@ impl AuditSink for Log {
 
 fn sync_dir(dir: &Path) -> Result<(), LogError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("sync", dir))
+}
+
+/// A secret the nodes sequencing one log share, derived from its signing key (which they
+/// must share anyway: whichever node is elected signs). Nodes authenticate forwarded entries
+/// with it, so only holders of the log's key can append. Creates the key if there is none.
+///
+/// # Errors
+/// [`LogError::Key`] or [`LogError::Io`], as [`Log::open`].
+pub fn node_secret(cfg: &LogConfig) -> Result<[u8; 32], LogError> {
+    use sha2::Digest;
+    let dir = cfg.dir.join("log");
+    fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+    let signer = load_or_create_key(&dir.join("key"), &cfg.origin)?;
+    let mut h = sha2::Sha256::new();
+    h.update(b"custody node secret v1\0");
+    h.update(signer.signer_key().as_str().as_bytes());
+    Ok(h.finalize().into())
 }
 
 /// The key history file in `<data dir>/log`.

@@ -62,8 +62,10 @@ pub(crate) const KEYS: (&str, &[(&str, &str)]) = (
     "custody_keys",
     &[("0001", include_str!("../migrations/keys_0001.sql")), ("0002", include_str!("../migrations/keys_0002.sql"))],
 );
-pub(crate) const LOG: (&str, &[(&str, &str)]) =
-    ("custody_log", &[("0001", include_str!("../migrations/log_0001.sql"))]);
+pub(crate) const LOG: (&str, &[(&str, &str)]) = (
+    "custody_log",
+    &[("0001", include_str!("../migrations/log_0001.sql")), ("0002", include_str!("../migrations/log_0002.sql"))],
+);
 
 pub(crate) fn runtime() -> Result<Arc<RtHandle>, PgError> {
     let rt = tokio::runtime::Builder::new_multi_thread()

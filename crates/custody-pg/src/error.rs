@@ -32,6 +32,10 @@ pub enum PgError {
     /// The client runtime could not start, or stopped while a query was pending.
     #[error("PostgreSQL client runtime: {0}")]
     Runtime(String),
+    /// This node's sequencer lease was superseded (another node took over the log); it must
+    /// stop writing the log.
+    #[error("this node no longer holds the log's sequencer lease (its epoch {0} was superseded)")]
+    Deposed(i64),
     /// A throwaway cluster for tests or benchmarks could not be started.
     #[error("temporary PostgreSQL: {0}")]
     Temp(String),

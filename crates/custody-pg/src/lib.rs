@@ -16,7 +16,8 @@
 //!   schema lives in a different database (or cluster) from records, so a copy of the records
 //!   database alone decrypts nothing, and crypto-shredding destroys a key where no record
 //!   backup holds it;
-//! - `custody_log`: the transparency log's frames, tiles and checkpoint.
+//! - `custody_log`: the transparency log's frames, tiles and checkpoint, and the row naming
+//!   the node that holds the log's sequencer [`Lease`] (several nodes, one writer).
 //!
 //! ## Why tokio-postgres on a runtime of its own
 //!
@@ -30,11 +31,13 @@
 
 mod db;
 mod error;
+mod lease;
 mod log_storage;
 mod store;
 pub mod testing;
 
 pub use db::PgConfig;
 pub use error::PgError;
+pub use lease::{Election, Lease, Seen};
 pub use log_storage::PgLogStorage;
 pub use store::PgStore;

@@ -23,6 +23,26 @@ pub struct PgLogStorage {
     db: Db,
     /// The frames' length, once known: this node is the log's only writer.
     len: Mutex<Option<u64>>,
+    /// The sequencer epoch this node writes under, if it was elected: every write first checks
+    /// it under a share lock on `custody_log.leader`, so a deposed node's writes fail.
+    fence: Option<i64>,
+}
+
+/// The check every fenced write makes first, in the write's own transaction.
+const FENCE: &str = "SELECT 1 FROM custody_log.leader WHERE id = 0 AND epoch = $1 FOR SHARE";
+
+fn deposed(epoch: i64) -> PgError {
+    PgError::Deposed(epoch)
+}
+
+/// Fails unless `epoch` is still the sequencer's, holding the leader row until `tx` ends.
+async fn check_fence(tx: &tokio_postgres::Transaction<'_>, fence: Option<i64>) -> Result<(), PgError> {
+    if let Some(epoch) = fence
+        && tx.query_opt(FENCE, &[&epoch]).await?.is_none()
+    {
+        return Err(deposed(epoch));
+    }
+    Ok(())
 }
 
 /// Rows fetched per round trip while streaming frames.
@@ -48,7 +68,14 @@ impl PgLogStorage {
     pub(crate) fn on(db: Db) -> Result<PgLogStorage, PgError> {
         let schema = db::LOG;
         let db = Db::connect_existing(db, schema)?;
-        Ok(PgLogStorage { db, len: Mutex::new(None) })
+        Ok(PgLogStorage { db, len: Mutex::new(None), fence: None })
+    }
+
+    /// This storage, writing only while `epoch` is the sequencer's (see [`crate::Lease`]).
+    #[must_use]
+    pub fn fenced(mut self, epoch: i64) -> PgLogStorage {
+        self.fence = Some(epoch);
+        self
     }
 
     fn cached_len(&self) -> std::sync::MutexGuard<'_, Option<u64>> {
@@ -144,11 +171,28 @@ impl LogStorage for PgLogStorage {
             Some(l) => l,
             None => self.stored_len()?,
         };
-        let (at, data) = (offset(start)?, frame.to_vec());
+        let (at, data, fence) = (offset(start)?, frame.to_vec(), self.fence);
         self.db.run(move |pool| async move {
             let client = pool.get().await?;
-            let st = client.prepare_cached("INSERT INTO custody_log.frames (start, data) VALUES ($1, $2)").await?;
-            client.execute(&st, &[&at, &data]).await?;
+            match fence {
+                None => {
+                    let st =
+                        client.prepare_cached("INSERT INTO custody_log.frames (start, data) VALUES ($1, $2)").await?;
+                    client.execute(&st, &[&at, &data]).await?;
+                }
+                Some(epoch) => {
+                    // One statement: the CTE's share lock waits for (and then sees) a takeover.
+                    let st = client
+                        .prepare_cached(
+                            "WITH l AS (SELECT 1 FROM custody_log.leader WHERE id = 0 AND epoch = $3 FOR SHARE)
+                             INSERT INTO custody_log.frames (start, data) SELECT $1, $2 FROM l",
+                        )
+                        .await?;
+                    if client.execute(&st, &[&at, &data, &epoch]).await? == 0 {
+                        return Err(deposed(epoch));
+                    }
+                }
+            }
             Ok(())
         })?;
         *len = Some(start + frame.len() as u64);
@@ -167,10 +211,11 @@ impl LogStorage for PgLogStorage {
 
     fn truncate_frames(&self, len: u64) -> io::Result<()> {
         let mut cached = self.cached_len();
-        let cut = offset(len)?;
+        let (cut, fence) = (offset(len)?, self.fence);
         self.db.run(move |pool| async move {
             let mut client = pool.get().await?;
             let tx = client.transaction().await?;
+            check_fence(&tx, fence).await?;
             tx.execute("DELETE FROM custody_log.frames WHERE start >= $1", &[&cut]).await?;
             tx.execute(
                 "UPDATE custody_log.frames SET data = substring(data FROM 1 FOR ($1 - start)::int)
@@ -199,10 +244,11 @@ impl LogStorage for PgLogStorage {
     fn write_tile(&self, tile: &Tile, data: &[u8]) -> io::Result<()> {
         let (l, i, w) = coords(tile);
         let (data, full) = (data.to_vec(), tile.is_full());
-        let fw = full_width();
+        let (fw, fence) = (full_width(), self.fence);
         Ok(self.db.run(move |pool| async move {
             let mut client = pool.get().await?;
             let tx = client.transaction().await?;
+            check_fence(&tx, fence).await?;
             let st = tx
                 .prepare_cached(
                     "INSERT INTO custody_log.tiles (level, idx, width, data) VALUES ($1, $2, $3, $4)
@@ -240,12 +286,14 @@ impl LogStorage for PgLogStorage {
 
     fn remove_partials(&self, tile: &Tile) -> io::Result<()> {
         let (l, i, _) = coords(tile);
-        let fw = full_width();
+        let (fw, fence) = (full_width(), self.fence);
         Ok(self.db.run(move |pool| async move {
-            let client = pool.get().await?;
-            client
-                .execute("DELETE FROM custody_log.tiles WHERE level = $1 AND idx = $2 AND width < $3", &[&l, &i, &fw])
+            let mut client = pool.get().await?;
+            let tx = client.transaction().await?;
+            check_fence(&tx, fence).await?;
+            tx.execute("DELETE FROM custody_log.tiles WHERE level = $1 AND idx = $2 AND width < $3", &[&l, &i, &fw])
                 .await?;
+            tx.commit().await?;
             Ok(())
         })?)
     }
@@ -259,16 +307,18 @@ impl LogStorage for PgLogStorage {
     }
 
     fn write_checkpoint(&self, text: &[u8]) -> io::Result<()> {
-        let body = text.to_vec();
+        let (body, fence) = (text.to_vec(), self.fence);
         Ok(self.db.run(move |pool| async move {
-            let client = pool.get().await?;
-            client
-                .execute(
-                    "INSERT INTO custody_log.checkpoint (id, body) VALUES (0, $1)
+            let mut client = pool.get().await?;
+            let tx = client.transaction().await?;
+            check_fence(&tx, fence).await?;
+            tx.execute(
+                "INSERT INTO custody_log.checkpoint (id, body) VALUES (0, $1)
                      ON CONFLICT (id) DO UPDATE SET body = excluded.body",
-                    &[&body],
-                )
-                .await?;
+                &[&body],
+            )
+            .await?;
+            tx.commit().await?;
             Ok(())
         })?)
     }

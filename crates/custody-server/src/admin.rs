@@ -540,8 +540,8 @@ fn log_keys_of(log: &custody_log::Log, announced_at: Option<u64>) -> LogKeyRotat
     }
 }
 
-fn the_log(s: &ServerState) -> Result<&Arc<custody_log::Log>, AdminError> {
-    s.log.as_ref().ok_or_else(|| AdminError::Invalid("this server has no transparency log".into()))
+fn the_log(s: &ServerState) -> Result<Arc<custody_log::Log>, AdminError> {
+    s.log().ok_or_else(|| AdminError::Invalid("this server has no transparency log".into()))
 }
 
 /// The log's signing keys.
@@ -549,7 +549,7 @@ fn the_log(s: &ServerState) -> Result<&Arc<custody_log::Log>, AdminError> {
 /// # Errors
 /// [`AdminError::Invalid`] without a transparency log.
 pub fn log_key_status(s: &ServerState) -> Result<LogKeyRotation, AdminError> {
-    Ok(log_keys_of(the_log(s)?, None))
+    Ok(log_keys_of(&*the_log(s)?, None))
 }
 
 /// Rotates the log's checkpoint signing key: a new key is made, announced in an entry signed

@@ -221,12 +221,14 @@ pub fn app(state: AppState) -> Router {
         .route("/log/tile/{*path}", get(log_tile).layer(tower_http::compression::CompressionLayer::new()))
         .route("/log/proof/inclusion", get(proof_inclusion))
         .route("/log/proof/consistency", get(proof_consistency))
+        .route("/internal/log/append", post(crate::cluster::append))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi_json))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(state.clone(), crate::cluster::proxy))
         .layer(middleware::from_fn_with_state(state.clone(), shed))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
@@ -266,8 +268,8 @@ async fn track(State(state): State<AppState>, req: Request, next: Next) -> Respo
     resp
 }
 
-fn the_log(s: &AppState) -> Result<&custody_log::Log, ApiError> {
-    s.log.as_deref().ok_or_else(|| {
+fn the_log(s: &AppState) -> Result<Arc<custody_log::Log>, ApiError> {
+    s.log().ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "no-log",

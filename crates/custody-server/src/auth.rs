@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use rand::RngCore;
@@ -55,8 +56,13 @@ fn parse(token: &str) -> Option<(PrincipalId, &str)> {
 pub struct Authenticator {
     store: Arc<dyn PrincipalStore>,
     policy: Arc<PolicyEngine>,
-    cache: RwLock<HashMap<PrincipalId, Arc<Caller>>>,
+    cache: RwLock<HashMap<PrincipalId, (Arc<Caller>, Instant)>>,
 }
+
+/// How long a cached principal is trusted before the store is read again. Changes made on this
+/// node invalidate at once; this bounds how late a revocation made on another node of a
+/// PostgreSQL cluster takes effect here.
+pub const PRINCIPAL_CACHE_TTL: Duration = Duration::from_secs(2);
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -107,7 +113,9 @@ impl Authenticator {
 
     /// The principal from the cache, or from the store (then cached).
     fn caller(&self, id: &PrincipalId) -> Result<Arc<Caller>, AuthError> {
-        if let Some(c) = self.cache.read().ok().and_then(|c| c.get(id).cloned()) {
+        if let Some((c, at)) = self.cache.read().ok().and_then(|c| c.get(id).cloned())
+            && at.elapsed() < PRINCIPAL_CACHE_TTL
+        {
             return Ok(c);
         }
         let record =
@@ -115,7 +123,7 @@ impl Authenticator {
         let prepared = self.policy.prepare_principal(&record).map_err(|e| AuthError::Store(e.to_string()))?;
         let caller = Arc::new(Caller { record: Arc::new(record), prepared });
         if let Ok(mut c) = self.cache.write() {
-            c.insert(id.clone(), caller.clone());
+            c.insert(id.clone(), (caller.clone(), Instant::now()));
         }
         Ok(caller)
     }

@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod deploy;
 pub mod egress;
 pub mod error;
@@ -26,4 +27,4 @@ pub mod witness;
 pub use custody_api as wire;
 pub use error::ApiError;
 pub use guard::{Guard, GuardError};
-pub use setup::{DataDir, KeyProviderConfig, ServerConfig, ServerState};
+pub use setup::{DataDir, KeyProviderConfig, ServerConfig, ServerState, Storage, open_principal_store};

@@ -15,6 +15,10 @@
 //!   policies/*.cedar    seeded likewise
 //!   admin.sock          operator socket while the server runs (mode 0600)
 //! ```
+//!
+//! With [`Storage::Postgres`], records, wrapped keys and the log's frames, tiles and
+//! checkpoint live in PostgreSQL instead (see `custody-pg`); the data dir keeps the secrets
+//! (KEK, log signing key), the schema and the policies.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -33,7 +37,7 @@ use custody_crypto::{FileKeyProvider, KeyProvider};
 use custody_hsm::{Pkcs11Config, Pkcs11KeyProvider};
 use custody_log::{Log, LogConfig};
 use custody_policy::PolicyEngine;
-use custody_vault::{RedbStore, Vault};
+use custody_vault::{KeyStore, PrincipalStore, RecordStore, RedbStore, Vault};
 
 use crate::auth::Authenticator;
 use crate::guard::Guard;
@@ -101,6 +105,55 @@ pub enum SetupError {
     /// The export profiles or the epsilon budget store are unusable.
     #[error("egress: {0}")]
     Egress(String),
+    /// The PostgreSQL backend could not be reached or migrated.
+    #[error(transparent)]
+    Postgres(#[from] custody_pg::PgError),
+}
+
+/// Where records, keys and the log are kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Storage {
+    /// redb files and the file log under the data dir: one node, nothing else to run.
+    #[default]
+    Embedded,
+    /// A PostgreSQL database (keys optionally in another one), for operators who run it at scale.
+    Postgres(custody_pg::PgConfig),
+}
+
+/// The stores a node runs on, whichever the backend.
+struct Stores {
+    records: Arc<dyn RecordStore>,
+    keys: Arc<dyn KeyStore>,
+    principals: Arc<dyn PrincipalStore>,
+    /// The database, when the stores are PostgreSQL's: the log is then sequenced by whichever
+    /// node holds the lease (see [`crate::cluster`]).
+    pg: Option<(custody_pg::PgStore, String)>,
+}
+
+impl Stores {
+    fn open(cfg: &ServerConfig, dirs: &DataDir) -> Result<Stores, SetupError> {
+        match &cfg.storage {
+            Storage::Embedded => {
+                let s = Arc::new(RedbStore::open(&dirs.root, &dirs.keys)?);
+                Ok(Stores { records: s.clone(), keys: s.clone(), principals: s, pg: None })
+            }
+            Storage::Postgres(pg) => {
+                let store = custody_pg::PgStore::connect(pg)?;
+                // Applies the log's migrations before any node polls for the lease.
+                store.log_storage()?;
+                let s = Arc::new(store.clone());
+                Ok(Stores { records: s.clone(), keys: s.clone(), principals: s, pg: Some((store, pg.url.clone())) })
+            }
+        }
+    }
+}
+
+/// The principal store `cfg` names, for offline commands.
+///
+/// # Errors
+/// [`SetupError::Vault`] or [`SetupError::Postgres`].
+pub fn open_principal_store(cfg: &ServerConfig, dirs: &DataDir) -> Result<Arc<dyn PrincipalStore>, SetupError> {
+    Ok(Stores::open(cfg, dirs)?.principals)
 }
 
 /// The resolved settings the server runs with.
@@ -148,6 +201,11 @@ pub struct ServerConfig {
     pub egress_epsilon_budget: f64,
     /// Length of a pseudonym key epoch for exports, in days.
     pub egress_epoch_days: u32,
+    /// Where records, keys and the log are kept.
+    pub storage: Storage,
+    /// This node's URL as the other nodes of a PostgreSQL cluster reach it; `None`: the
+    /// listen address (fine on one machine; set it when `listen` is a wildcard).
+    pub node_url: Option<String>,
 }
 
 /// Which key provider holds the KEK.
@@ -207,6 +265,8 @@ impl ServerConfig {
             egress_profiles: None,
             egress_epsilon_budget: 1.0,
             egress_epoch_days: 30,
+            storage: Storage::Embedded,
+            node_url: None,
         }
     }
 }
@@ -330,8 +390,11 @@ pub struct ServerState {
     pub metrics: Arc<Metrics>,
     /// The policy engine (for reloads).
     pub policy: Arc<PolicyEngine>,
-    /// The transparency log every access event goes to (absent with a custom sink).
-    pub log: Option<Arc<Log>>,
+    /// The transparency log every access event goes to (absent with a custom sink, and in a
+    /// cluster, where [`ServerState::log`] finds it).
+    log: Option<Arc<Log>>,
+    /// This node's cluster membership, when its storage is PostgreSQL.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// Trusted deployment: reviews, attestations, the build key.
     pub deploy: crate::deploy::Deployer,
     /// Requests in flight and per-principal rates.
@@ -356,6 +419,15 @@ impl std::fmt::Debug for ServerState {
 }
 
 impl ServerState {
+    /// The transparency log, when it is open on this node: always with embedded storage, and
+    /// on the elected sequencer in a PostgreSQL cluster.
+    pub fn log(&self) -> Option<Arc<Log>> {
+        match &self.cluster {
+            Some(c) => c.local_log(),
+            None => self.log.clone(),
+        }
+    }
+
     /// Opens the data dir with the transparency log as the audit sink.
     ///
     /// # Errors
@@ -366,8 +438,18 @@ impl ServerState {
         log_cfg.max_batch = cfg.audit_max_batch;
         log_cfg.max_delay = cfg.log_max_delay;
         log_cfg.checkpoint_interval = cfg.checkpoint_interval;
+        let stores = Stores::open(&cfg, &dirs)?;
+        if let Some((store, url)) = stores.pg.clone() {
+            let node_url = cfg.node_url.clone().unwrap_or_else(|| {
+                let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+                format!("{scheme}://{}", cfg.listen)
+            });
+            let cluster = crate::cluster::Cluster::new(store, &url, node_url, log_cfg)?;
+            let sink = Arc::new(crate::cluster::ClusterSink(cluster.clone()));
+            return Self::assemble(cfg, dirs, stores, sink, None, Some(cluster));
+        }
         let log = Arc::new(Log::open(log_cfg)?);
-        Self::assemble(cfg, dirs, log.clone(), Some(log))
+        Self::assemble(cfg, dirs, stores, log.clone(), Some(log), None)
     }
 
     /// Opens the data dir with another audit sink (tests, benchmarks); `/log/` then answers 404.
@@ -375,14 +457,17 @@ impl ServerState {
     /// # Errors
     /// Any [`SetupError`].
     pub fn open_with_sink(cfg: ServerConfig, dirs: DataDir, sink: Arc<dyn AuditSink>) -> Result<Arc<Self>, SetupError> {
-        Self::assemble(cfg, dirs, sink, None)
+        let stores = Stores::open(&cfg, &dirs)?;
+        Self::assemble(cfg, dirs, stores, sink, None, None)
     }
 
     fn assemble(
         cfg: ServerConfig,
         dirs: DataDir,
+        stores: Stores,
         sink: Arc<dyn AuditSink>,
         log: Option<Arc<Log>>,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
     ) -> Result<Arc<Self>, SetupError> {
         let text = std::fs::read_to_string(&dirs.schema).map_err(io(&dirs.schema))?;
         let schema = Arc::new(
@@ -391,12 +476,11 @@ impl ServerState {
         );
         let policy = Arc::new(PolicyEngine::load_dir(cfg.jurisdiction.clone(), &dirs.policies)?);
         let (provider, fresh_keys) = cfg.key_provider.open(&dirs)?;
-        let store = Arc::new(RedbStore::open(&dirs.root, &dirs.keys)?);
-        let vault = Arc::new(Vault::new(store.clone(), store.clone(), provider)?);
+        let vault = Arc::new(Vault::new(stores.records, stores.keys, provider)?);
         let metrics = Arc::new(Metrics::new());
         let egress = crate::egress::Gateway::open(&cfg, &dirs, &schema, &vault)?;
         let guard = Guard::new(schema, vault, policy.clone(), sink, metrics.clone());
-        let auth = Authenticator::new(store, policy.clone());
+        let auth = Authenticator::new(stores.principals, policy.clone());
         let deploy =
             crate::deploy::Deployer::open(&dirs.root, &dirs.keys).map_err(|e| SetupError::Deploy(e.to_string()))?;
         let limits = crate::limits::Limits::new(cfg.max_inflight, cfg.principal_rate, cfg.principal_burst);
@@ -411,6 +495,7 @@ impl ServerState {
             limits,
             witnesses,
             egress,
+            cluster,
             fresh_keys,
             config: cfg,
             dirs,
@@ -501,6 +586,9 @@ impl ServerState {
     }
 }
 
+/// How long a clustered node waits at start for a log sequencer to be elected.
+const CLUSTER_START_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Serves the API on `listener` and the operator API on the data dir's socket until
 /// `shutdown` resolves.
 ///
@@ -511,9 +599,27 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    if let Some(cluster) = &state.cluster {
+        cluster.start(CLUSTER_START_WAIT).await.map_err(std::io::Error::other)?;
+    }
     state.announce().await.map_err(|e| std::io::Error::other(e.to_string()))?;
-    if let (Some(w), Some(log)) = (&state.witnesses, &state.log) {
-        tokio::spawn(w.clone().run(log.clone(), state.metrics.clone(), state.config.checkpoint_interval));
+    match (&state.witnesses, &state.cluster) {
+        (Some(w), Some(cluster)) => {
+            // Only the sequencer collects cosignatures; a follower proxies `/log/checkpoint`.
+            let (w, cluster, metrics, every) =
+                (w.clone(), cluster.clone(), state.metrics.clone(), state.config.checkpoint_interval);
+            tokio::spawn(async move {
+                if let Some(log) = cluster.elected().await {
+                    w.run(log, metrics, every).await;
+                }
+            });
+        }
+        (Some(w), None) => {
+            if let Some(log) = state.log() {
+                tokio::spawn(w.clone().run(log, state.metrics.clone(), state.config.checkpoint_interval));
+            }
+        }
+        _ => {}
     }
     let sock = state.dirs.admin_socket.clone();
     let _ = std::fs::remove_file(&sock);
@@ -533,8 +639,17 @@ pub async fn serve(
             .into_future(),
     );
     let mut rx3 = rx;
+    let cluster = state.cluster.clone();
     tokio::spawn(async move {
-        shutdown.await;
+        match cluster {
+            Some(c) => {
+                tokio::select! {
+                    () = shutdown => {}
+                    () = c.deposed() => tracing::error!("this node lost the log's sequencer lease; shutting down"),
+                }
+            }
+            None => shutdown.await,
+        }
         let _ = tx.send(true);
     });
     let result = match &state.config.tls {
@@ -552,5 +667,10 @@ pub async fn serve(
     };
     let _ = admin.await;
     let _ = std::fs::remove_file(&sock);
+    if let Some(c) = &state.cluster
+        && c.is_deposed()
+    {
+        return Err(std::io::Error::other("stopped: this node lost the log's sequencer lease"));
+    }
     result
 }

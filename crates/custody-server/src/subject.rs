@@ -226,7 +226,7 @@ pub async fn export(
     // The permit is logged after the records were opened and before any of them leaves.
     let receipt = log_decision(s, &policies, caller, Action::Export, &subject, &d, ctx).await?;
     let pseudonym = vault.pseudonyms().subject(subject.as_str());
-    let log = match &s.log {
+    let log = match &s.log() {
         Some(log) => {
             let (log, p) = (log.clone(), pseudonym.clone());
             Some(
@@ -295,7 +295,7 @@ pub async fn erase(
         ),
         None => None,
     };
-    let (checkpoint, inclusion) = match &s.log {
+    let (checkpoint, inclusion) = match &s.log() {
         Some(log) => proof_when_checkpointed(log, receipt.index).await?,
         None => (None, Value::Null),
     };

@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use custody_core::Jurisdiction;
-use custody_server::ServerConfig;
+use custody_pg::PgConfig;
 use custody_server::tls::TlsFiles;
+use custody_server::{ServerConfig, Storage};
 
 /// Defaults, each documented in `custody.toml.example`.
 pub(crate) const DEFAULT_DATA_DIR: &str = "./custody-data";
@@ -20,6 +21,8 @@ pub(crate) const DEFAULT_MAX_BODY_BYTES: u64 = 1 << 20;
 pub(crate) const DEFAULT_AUDIT_MAX_BATCH: u64 = 4096;
 pub(crate) const DEFAULT_LOG_MAX_DELAY_MS: u64 = 0;
 pub(crate) const DEFAULT_CHECKPOINT_INTERVAL_MS: u64 = 1000;
+pub(crate) const DEFAULT_STORAGE: &str = "embedded";
+pub(crate) const DEFAULT_POSTGRES_POOL_SIZE: u64 = 16;
 
 /// Settings given on the command line or in the environment (already merged by clap).
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -115,6 +118,21 @@ pub(crate) struct SettingArgs {
     /// Days per pseudonym key epoch of exports [default: 30]
     #[arg(long, env = "CUSTODY_EGRESS_EPOCH_DAYS", global = true, value_name = "DAYS")]
     pub(crate) egress_epoch_days: Option<u64>,
+    /// Where records, keys and the log live: `embedded` (redb files in DATA_DIR) or `postgres` [default: embedded]
+    #[arg(long, env = "CUSTODY_STORAGE", global = true, value_name = "BACKEND")]
+    pub(crate) storage: Option<String>,
+    /// PostgreSQL connection string for records and the log, e.g. `host=/run/postgresql dbname=custody user=custody`
+    #[arg(long, env = "CUSTODY_POSTGRES_URL", global = true, value_name = "URL")]
+    pub(crate) postgres_url: Option<String>,
+    /// PostgreSQL connection string for keys, to keep them in another database [default: POSTGRES_URL]
+    #[arg(long, env = "CUSTODY_POSTGRES_KEYS_URL", global = true, value_name = "URL")]
+    pub(crate) postgres_keys_url: Option<String>,
+    /// This node's URL for the other nodes on the same PostgreSQL database [default: http://LISTEN]
+    #[arg(long, env = "CUSTODY_NODE_URL", global = true, value_name = "URL")]
+    pub(crate) node_url: Option<String>,
+    /// Most PostgreSQL connections per database [default: 16]
+    #[arg(long, env = "CUSTODY_POSTGRES_POOL_SIZE", global = true, value_name = "N")]
+    pub(crate) postgres_pool_size: Option<u64>,
     /// Log filter, e.g. `info` or `custody=debug` [default: info]
     #[arg(long, env = "CUSTODY_LOG", global = true, value_name = "FILTER")]
     pub(crate) log: Option<String>,
@@ -174,6 +192,11 @@ const KEYS: &[&str] = &[
     "egress_profiles",
     "egress_epsilon_budget",
     "egress_epoch_days",
+    "storage",
+    "postgres_url",
+    "postgres_keys_url",
+    "postgres_pool_size",
+    "node_url",
     "log",
 ];
 
@@ -539,6 +562,22 @@ impl Settings {
         if !(1..=3650).contains(&epoch_days) {
             problems.push(format!("`egress_epoch_days`: {epoch_days} is outside 1..=3650"));
         }
+        let storage = resolve_storage(args, &table, &mut problems, &file);
+        let node_url = args.node_url.clone().or_else(|| file_str(&table, "node_url", &mut problems, &file));
+        if let Some(u) = &node_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            problems.push(format!("`node_url`: `{u}` must start with http:// or https://"));
+        }
+        if let Ok(addr) = &listen
+            && node_url.is_none()
+            && storage != Storage::Embedded
+            && addr.ip().is_unspecified()
+        {
+            problems.push(format!(
+                "`node_url` is required with `storage = \"postgres\"` when `listen` ({addr}) is a wildcard: other nodes must reach this one"
+            ));
+        }
         let log =
             args.log.clone().or_else(|| file_str(&table, "log", &mut problems, &file)).unwrap_or_else(|| "info".into());
         // Filters are ASCII (targets, levels, field names). tracing-subscriber 0.3 panics on some
@@ -571,10 +610,51 @@ impl Settings {
                     egress_profiles,
                     egress_epsilon_budget: epsilon_budget,
                     egress_epoch_days: u32::try_from(epoch_days).unwrap_or(30),
+                    storage,
+                    node_url,
                 },
                 log,
             }),
             _ => Err(ConfigProblems(problems)),
+        }
+    }
+}
+
+/// `storage` and the `postgres_*` settings that go with it.
+fn resolve_storage(args: &SettingArgs, table: &toml::Table, problems: &mut Vec<String>, file: &Path) -> Storage {
+    let kind = args
+        .storage
+        .clone()
+        .or_else(|| file_str(table, "storage", problems, file))
+        .unwrap_or_else(|| DEFAULT_STORAGE.into());
+    let url = args.postgres_url.clone().or_else(|| file_str(table, "postgres_url", problems, file));
+    let keys_url = args.postgres_keys_url.clone().or_else(|| file_str(table, "postgres_keys_url", problems, file));
+    let pool = args
+        .postgres_pool_size
+        .or_else(|| file_int(table, "postgres_pool_size", problems, file))
+        .unwrap_or(DEFAULT_POSTGRES_POOL_SIZE);
+    if !(1..=1024).contains(&pool) {
+        problems.push(format!("`postgres_pool_size`: {pool} is outside 1..=1024"));
+    }
+    match kind.as_str() {
+        "embedded" => {
+            if url.is_some() || keys_url.is_some() {
+                problems.push("`postgres_url` is set but `storage` is `embedded`: set `storage = \"postgres\"`".into());
+            }
+            Storage::Embedded
+        }
+        "postgres" => match url {
+            Some(url) if !url.trim().is_empty() => {
+                Storage::Postgres(PgConfig { url, keys_url, pool_size: pool as usize })
+            }
+            _ => {
+                problems.push("`postgres_url` is required with `storage = \"postgres\"`".into());
+                Storage::Embedded
+            }
+        },
+        other => {
+            problems.push(format!("`storage`: `{other}` is not `embedded` or `postgres`"));
+            Storage::Embedded
         }
     }
 }
@@ -596,6 +676,23 @@ mod tests {
             assert!(all.contains(key), "{key} missing from {all}");
         }
         assert_eq!(err.0.len(), 4, "{all}");
+    }
+
+    #[test]
+    fn storage_is_embedded_by_default_and_postgres_needs_a_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("custody.toml");
+        std::fs::write(&f, "").unwrap();
+        let args = SettingArgs { config: Some(f.clone()), ..Default::default() };
+        assert_eq!(Settings::resolve(&args).unwrap().server.storage, Storage::Embedded);
+        std::fs::write(&f, "storage = \"postgres\"\n").unwrap();
+        let err = Settings::resolve(&args).unwrap_err().to_string();
+        assert!(err.contains("`postgres_url` is required"), "{err}");
+        std::fs::write(&f, "storage = \"postgres\"\npostgres_url = \"host=/run/postgresql dbname=c\"\n").unwrap();
+        let s = Settings::resolve(&args).unwrap();
+        assert_eq!(s.server.storage, Storage::Postgres(PgConfig::new("host=/run/postgresql dbname=c")));
+        std::fs::write(&f, "storage = \"sqlite\"\n").unwrap();
+        assert!(Settings::resolve(&args).unwrap_err().to_string().contains("`storage`"));
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! file audit sink, plus a baseline endpoint that reads the same records from the same vault with no policy
 //! decision and no audit event. Then it drives all three with the same number of concurrent
 //! clients, alternating rounds so machine noise hits both alike, and prints req/s, p50, p99.
+//! With `--postgres`, a fourth API keeps records, keys and the log in a throwaway local
+//! PostgreSQL (initdb/pg_ctl on a unix socket), measured in the same rounds.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +21,7 @@ use serde_json::json;
 use custody_audit::{FileAuditSink, FileSinkOptions};
 use custody_core::{CollectionName, RecordId};
 use custody_server::admin::{NewPrincipal, add_principal};
-use custody_server::{DataDir, ServerConfig, ServerState};
+use custody_server::{DataDir, ServerConfig, ServerState, Storage};
 
 use crate::Format;
 use crate::config::Settings;
@@ -42,6 +44,10 @@ pub(crate) struct BenchArgs {
     /// Profiles to seed
     #[arg(long, default_value_t = 1000)]
     records: usize,
+    /// Also measure guarded reads with records, keys and the log in a throwaway local
+    /// PostgreSQL (needs initdb and pg_ctl)
+    #[arg(long)]
+    postgres: bool,
 }
 
 /// Benchmarks other than guarded reads.
@@ -119,9 +125,15 @@ struct Running {
 
 /// Opens a data dir under `dir` with the transparency log, or with the foundation's file
 /// sink when `file_sink`, registers a workload and an engineer, and serves it on loopback.
-async fn start(settings: &Settings, dir: &std::path::Path, file_sink: bool) -> anyhow::Result<Running> {
+async fn start(
+    settings: &Settings,
+    dir: &std::path::Path,
+    file_sink: bool,
+    storage: Storage,
+) -> anyhow::Result<Running> {
     let mut cfg = ServerConfig::for_data_dir(dir);
     cfg.jurisdiction = settings.server.jurisdiction.clone();
+    cfg.storage = storage;
     let state = if file_sink {
         let dirs = DataDir::prepare(&cfg)?;
         let sink = FileAuditSink::open(&dirs.events, FileSinkOptions::default())?;
@@ -153,16 +165,25 @@ async fn start(settings: &Settings, dir: &std::path::Path, file_sink: bool) -> a
 
 async fn bench(settings: &Settings, format: Format, args: BenchArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let log = start(settings, &dir.path().join("log"), false).await?;
-    let file = start(settings, &dir.path().join("file"), true).await?;
+    let log = start(settings, &dir.path().join("log"), false, Storage::Embedded).await?;
+    let file = start(settings, &dir.path().join("file"), true, Storage::Embedded).await?;
+    let (_cluster, pg) = if args.postgres {
+        let cluster = custody_pg::testing::TempPostgres::start()?;
+        let cfg = custody_pg::PgConfig::new(cluster.create_database("bench")?);
+        let pg = start(settings, &dir.path().join("pg"), false, Storage::Postgres(cfg)).await?;
+        (Some(cluster), Some(pg))
+    } else {
+        (None, None)
+    };
     let base_l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base_addr = base_l.local_addr()?;
     let baseline = Router::new().route("/profiles/{id}", get(unguarded)).with_state(log.state.clone());
     let base_server = tokio::spawn(async move { axum::serve(base_l, baseline).await });
 
-    let bar = ProgressBar::new(2 * args.records as u64)
+    let servers: Vec<&Running> = [Some(&log), Some(&file), pg.as_ref()].into_iter().flatten().collect();
+    let bar = ProgressBar::new(servers.len() as u64 * args.records as u64)
         .with_style(ProgressStyle::with_template("seeding {bar:40} {pos}/{len} profiles {per_sec}")?);
-    for server in [&log, &file] {
+    for server in &servers {
         let seeder = custody_client::Client::new(format!("http://{}", server.addr), server.app.clone())?;
         for n in 0..args.records {
             seeder
@@ -177,11 +198,17 @@ async fn bench(settings: &Settings, format: Format, args: BenchArgs) -> anyhow::
     let http = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency * 2).build()?;
     let mut results = Vec::new();
     for round in 0..args.rounds {
-        for target in [UNGUARDED, GUARDED_FILE, GUARDED_LOG] {
-            let (url, token) = match target {
-                GUARDED_LOG => (format!("http://{}/v1/collections/profiles/records/", log.addr), &log.engineer),
-                GUARDED_FILE => (format!("http://{}/v1/collections/profiles/records/", file.addr), &file.engineer),
-                _ => (format!("http://{base_addr}/profiles/"), &log.engineer),
+        let targets = [UNGUARDED, GUARDED_FILE, GUARDED_LOG].into_iter().chain(pg.as_ref().map(|_| GUARDED_PG));
+        for target in targets {
+            let (url, token) = match (target, &pg) {
+                (GUARDED_PG, Some(pg)) => {
+                    (format!("http://{}/v1/collections/profiles/records/", pg.addr), &pg.engineer)
+                }
+                _ => match target {
+                    GUARDED_LOG => (format!("http://{}/v1/collections/profiles/records/", log.addr), &log.engineer),
+                    GUARDED_FILE => (format!("http://{}/v1/collections/profiles/records/", file.addr), &file.engineer),
+                    _ => (format!("http://{base_addr}/profiles/"), &log.engineer),
+                },
             };
             let spinner = ProgressBar::new_spinner().with_message(format!("round {} {target}", round + 1));
             spinner.enable_steady_tick(Duration::from_millis(200));
@@ -192,7 +219,7 @@ async fn bench(settings: &Settings, format: Format, args: BenchArgs) -> anyhow::
             results.push(f);
         }
     }
-    for server in [log, file] {
+    for server in [Some(log), Some(file), pg].into_iter().flatten() {
         let _ = server.stop.send(());
         let _ = server.server.await;
     }
@@ -201,6 +228,7 @@ async fn bench(settings: &Settings, format: Format, args: BenchArgs) -> anyhow::
     let best = |t: &str| results.iter().filter(|f| f.target == t).map(|f| f.req_per_s).fold(0.0, f64::max);
     let guarded = best(GUARDED_LOG) / best(UNGUARDED).max(1.0);
     let log_cost = 1.0 - best(GUARDED_LOG) / best(GUARDED_FILE).max(1.0);
+    let pg_over_embedded = best(GUARDED_PG) / best(GUARDED_LOG).max(1.0);
     match format {
         Format::Json => println!(
             "{}",
@@ -209,6 +237,7 @@ async fn bench(settings: &Settings, format: Format, args: BenchArgs) -> anyhow::
                 "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
                 "rounds": results, "guarded_over_unguarded_throughput": guarded,
                 "log_cost_vs_file_sink": log_cost,
+                "postgres_over_embedded_throughput": if args.postgres { json!(pg_over_embedded) } else { json!(null) },
             })
         ),
         Format::Human => {
@@ -231,6 +260,11 @@ async fn bench(settings: &Settings, format: Format, args: BenchArgs) -> anyhow::
                 "the transparency log costs {:.1}% of guarded-read throughput vs the file audit sink (best rounds)",
                 log_cost * 100.0
             );
+            if args.postgres {
+                println!(
+                    "guarded reads on PostgreSQL (records, keys and log) run at {pg_over_embedded:.2}x the embedded backend (best rounds)"
+                );
+            }
         }
     }
     Ok(())
@@ -242,6 +276,8 @@ const UNGUARDED: &str = "unguarded";
 const GUARDED_FILE: &str = "guarded-file";
 /// Guarded reads whose events go to the transparency log (what `custody serve` runs).
 const GUARDED_LOG: &str = "guarded-log";
+/// Guarded reads with the transparency log, records and keys all in PostgreSQL.
+const GUARDED_PG: &str = "guarded-pg";
 
 async fn drive(
     http: &reqwest::Client,

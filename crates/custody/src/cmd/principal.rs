@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use clap::Subcommand;
 use custody_server::admin::{self, AdminError, ChangePrincipal, NewPrincipal};
 use custody_server::{DataDir, ServerState};
-use custody_vault::RedbStore;
 
 use crate::Format;
 use crate::admin_client;
@@ -164,8 +163,8 @@ pub(crate) fn run(settings: &Settings, format: Format, cmd: PrincipalCmd) -> any
             if online {
                 answer(rt.block_on(admin_client::call(&dirs.admin_socket, "GET", "/admin/principals", None))?)?
             } else {
-                let store = RedbStore::open(&dirs.root, &dirs.keys)?;
-                serde_json::to_value(admin::list_principals(&store).map_err(admin_fail)?)?
+                let store = custody_server::open_principal_store(&settings.server, &dirs)?;
+                serde_json::to_value(admin::list_principals(store.as_ref()).map_err(admin_fail)?)?
             }
         }
     };

@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use custody_client::Client;
+use custody_client::{Client, Receipt};
 use serde_json::Value;
+use std::path::Path;
 
 /// The binary under test.
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_custody");
@@ -118,6 +119,12 @@ impl Server {
         self.wait_ready();
     }
 
+    /// SIGKILLs the server (no shutdown, no final checkpoint).
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// The server's process id.
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
@@ -146,5 +153,43 @@ impl Server {
     /// A client authenticating with `token`.
     pub(crate) fn client(&self, token: &str) -> Client {
         Client::new(&self.base, token).unwrap()
+    }
+}
+
+/// Copies a directory tree (a node's data dir, to start another node with its secrets).
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let dest = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &dest);
+        } else if p.is_file() {
+            std::fs::copy(&p, &dest).unwrap();
+        }
+    }
+}
+
+/// The first checkpoint (verified under `key`) that covers `index`, waiting up to 10 s.
+pub(crate) async fn checkpoint_covering(monitor: &Client, key: &str, index: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = monitor.checkpoint().await.unwrap();
+        if custody_verify::verify_checkpoint(&text, key).unwrap().size > index {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "no checkpoint covers index {index}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Verifies each receipt and proves its entry included in `checkpoint`.
+pub(crate) async fn prove(monitor: &Client, key: &str, receipts: &[Receipt], checkpoint: &str) {
+    let cp = custody_verify::verify_checkpoint(checkpoint, key).unwrap();
+    for r in receipts {
+        let (entry, log_receipt) = custody_client::verify_receipt(r, key).unwrap();
+        let proof = monitor.inclusion_proof(r.index, cp.size).await.unwrap();
+        let receipt_json = serde_json::to_string(&log_receipt).unwrap();
+        custody_verify::verify_receipt_in_log(&receipt_json, key, entry.as_bytes(), checkpoint, &proof).unwrap();
     }
 }
