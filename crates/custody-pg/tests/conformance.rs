@@ -471,3 +471,54 @@ fn connection_problems_are_errors() {
     let err = PgStore::connect(&PgConfig::new("postgres://[bad")).unwrap_err();
     assert!(err.to_string().contains("not valid"), "{err}");
 }
+
+/// PostgreSQL only: one node at a time holds the sequencer lease; when its connection ends the
+/// next candidate takes it with a higher epoch, and the deposed node's fenced log writes fail
+/// instead of forking the log.
+#[test]
+fn the_sequencer_lease_moves_and_fences_the_deposed_node() {
+    use custody_pg::{Election, Seen};
+    let pg = cluster();
+    let cfg = PgConfig::new(fresh_database(&pg));
+    let store = PgStore::connect(&cfg).unwrap();
+    store.log_storage().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut a = Election::new(cfg.url.clone(), "http://node-a");
+    let mut b = Election::new(cfg.url.clone(), "http://node-b");
+    let lease_a = match rt.block_on(a.poll()).unwrap() {
+        Seen::Elected(l) => l,
+        other => panic!("the first candidate was not elected: {other:?}"),
+    };
+    match rt.block_on(b.poll()).unwrap() {
+        Seen::Follower { epoch, url } => assert_eq!((epoch, url.as_str()), (lease_a.epoch(), "http://node-a")),
+        other => panic!("the second candidate should follow: {other:?}"),
+    }
+    let fenced_a = store.log_storage().unwrap().fenced(lease_a.epoch());
+    fenced_a.append_frame(b"frame-1").unwrap();
+
+    // A's connection ends (as when its process dies): B is elected with the next epoch.
+    drop(lease_a);
+    let lease_b = (0..100)
+        .find_map(|_| match rt.block_on(b.poll()).unwrap() {
+            Seen::Elected(l) => Some(l),
+            _ => {
+                std::thread::sleep(Duration::from_millis(50));
+                None
+            }
+        })
+        .expect("B takes the lease once A's connection is gone");
+    assert!(lease_b.epoch() > 1);
+
+    // A still believes it sequences: every kind of log write it tries is refused.
+    let err = fenced_a.append_frame(b"frame-2").unwrap_err().to_string();
+    assert!(err.contains("no longer holds the log's sequencer lease"), "{err}");
+    assert!(fenced_a.write_checkpoint(b"stale").is_err());
+    let tile = Tile::entries(0, 1).unwrap();
+    assert!(fenced_a.write_tile(&tile, b"x").is_err());
+    assert!(fenced_a.truncate_frames(0).is_err());
+    // B writes under its epoch, after what A wrote while it held the lease.
+    let fenced_b = store.log_storage().unwrap().fenced(lease_b.epoch());
+    assert_eq!(fenced_b.frames_len().unwrap(), 7);
+    fenced_b.append_frame(b"frame-2").unwrap();
+    assert_eq!(read_all(&fenced_b, 0), b"frame-1frame-2");
+}

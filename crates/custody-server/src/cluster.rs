@@ -60,6 +60,8 @@ enum Role {
     Follower { url: String },
     /// This node sequenced and lost its lease; it appends nothing more and shuts down.
     Deposed,
+    /// This node shut down: the log (if it sequenced) is closed, the lease released.
+    Stopped,
 }
 
 type Forward = (Vec<u8>, oneshot::Sender<Result<AuditReceipt, AuditError>>);
@@ -73,6 +75,7 @@ pub struct Cluster {
     http: reqwest::Client,
     forward: mpsc::Sender<Forward>,
     forward_rx: std::sync::Mutex<Option<mpsc::Receiver<Forward>>>,
+    stop: watch::Sender<bool>,
     election: std::sync::Mutex<Option<(Election, PgStore, LogConfig)>>,
 }
 
@@ -138,6 +141,7 @@ impl Cluster {
             http,
             forward,
             forward_rx: std::sync::Mutex::new(Some(rx)),
+            stop: watch::channel(false).0,
             election: std::sync::Mutex::new(Some((Election::new(url, node_url), store, log_cfg))),
         }))
     }
@@ -157,6 +161,7 @@ impl Cluster {
             Role::Sequencer(_) => "sequencer",
             Role::Follower { .. } => "follower",
             Role::Deposed => "deposed",
+            Role::Stopped => "stopped",
         }
     }
 
@@ -201,7 +206,9 @@ impl Cluster {
             loop {
                 match self.role() {
                     Role::Sequencer(_) | Role::Follower { .. } => return Ok(()),
-                    Role::Deposed => return Err("this node could not sequence the log; see the server log".to_string()),
+                    Role::Deposed | Role::Stopped => {
+                        return Err("this node could not sequence the log; see the server log".to_string());
+                    }
                     Role::Electing => {}
                 }
                 if changed.changed().await.is_err() {
@@ -211,6 +218,12 @@ impl Cluster {
         })
         .await;
         known.unwrap_or_else(|_| Err(format!("no log sequencer was elected within {wait:?}")))
+    }
+
+    /// Stops polling and, on the sequencer, closes the log (a final checkpoint) and releases
+    /// the lease; called when the node shuts down.
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
     }
 
     /// Whether this node sequenced and lost its lease.
@@ -237,7 +250,7 @@ impl Cluster {
         loop {
             match self.role() {
                 Role::Sequencer(log) => return Some(log),
-                Role::Deposed => return None,
+                Role::Deposed | Role::Stopped => return None,
                 _ => {}
             }
             if rx.changed().await.is_err() {
@@ -263,8 +276,18 @@ impl Cluster {
                         Ok(log) => {
                             tracing::info!(epoch, size = log.size(), "sequencing the log");
                             self.set_role(Role::Sequencer(Arc::new(log)));
-                            let why = lease.lost().await;
-                            tracing::error!(error = %why, epoch, "lost the log's sequencer lease; this node stops");
+                            let mut stop = self.stop.subscribe();
+                            tokio::select! {
+                                why = lease.lost() => {
+                                    tracing::error!(error = %why, epoch, "lost the log's sequencer lease; this node stops");
+                                }
+                                _ = stop.wait_for(|s| *s) => {
+                                    // The log closes (its final checkpoint) while the lease is held.
+                                    self.set_role(Role::Stopped);
+                                    drop(lease);
+                                    return;
+                                }
+                            }
                         }
                         Err(e) => {
                             tracing::error!(error = %e, epoch, "elected, but the log did not open; this node stops")
@@ -286,7 +309,14 @@ impl Cluster {
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot poll the sequencer lease; retrying"),
             }
-            tokio::time::sleep(POLL_EVERY).await;
+            let mut stop = self.stop.subscribe();
+            tokio::select! {
+                () = tokio::time::sleep(POLL_EVERY) => {}
+                _ = stop.wait_for(|s| *s) => {
+                    self.set_role(Role::Stopped);
+                    return;
+                }
+            }
         }
     }
 
@@ -334,7 +364,7 @@ impl Cluster {
                 }
                 return;
             }
-            Role::Electing | Role::Deposed => {
+            Role::Electing | Role::Deposed | Role::Stopped => {
                 return fail(acks, AuditError::Failed("no log sequencer is elected right now".into()));
             }
         };
@@ -399,7 +429,7 @@ impl AuditSink for ClusterSink {
                 Ok(Pending::new(rx))
             }
             Role::Electing => Err(AuditError::Failed("no log sequencer is elected right now; retry shortly".into())),
-            Role::Deposed => Err(AuditError::Closed),
+            Role::Deposed | Role::Stopped => Err(AuditError::Closed),
         }
     }
 }
@@ -482,7 +512,7 @@ pub(crate) async fn proxy(State(s): State<crate::api::AppState>, req: Request, n
                 unavailable(&format!("the log's sequencer at {url} did not answer: {e}"))
             }
         },
-        Role::Electing | Role::Deposed => unavailable("no log sequencer is elected right now"),
+        Role::Electing | Role::Deposed | Role::Stopped => unavailable("no log sequencer is elected right now"),
     }
 }
 

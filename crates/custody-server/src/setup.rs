@@ -667,6 +667,9 @@ pub async fn serve(
     };
     let _ = admin.await;
     let _ = std::fs::remove_file(&sock);
+    if let Some(c) = &state.cluster {
+        c.stop();
+    }
     if let Some(c) = &state.cluster
         && c.is_deposed()
     {

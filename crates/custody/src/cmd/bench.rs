@@ -6,7 +6,9 @@
 //! decision and no audit event. Then it drives all three with the same number of concurrent
 //! clients, alternating rounds so machine noise hits both alike, and prints req/s, p50, p99.
 //! With `--postgres`, a fourth API keeps records, keys and the log in a throwaway local
-//! PostgreSQL (initdb/pg_ctl on a unix socket), measured in the same rounds.
+//! PostgreSQL (initdb/pg_ctl on a unix socket), measured in the same rounds; with
+//! `--two-nodes`, a second node on the same database joins it (forwarding its log entries to
+//! the elected sequencer) and the clients are split evenly between the two.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,6 +50,10 @@ pub(crate) struct BenchArgs {
     /// PostgreSQL (needs initdb and pg_ctl)
     #[arg(long)]
     postgres: bool,
+    /// With --postgres, also measure two nodes on the one database (a second node forwards
+    /// its log entries to the sequencer), clients split evenly between them
+    #[arg(long, requires = "postgres")]
+    two_nodes: bool,
 }
 
 /// Benchmarks other than guarded reads.
@@ -131,9 +137,12 @@ async fn start(
     file_sink: bool,
     storage: Storage,
 ) -> anyhow::Result<Running> {
+    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = api.local_addr()?;
     let mut cfg = ServerConfig::for_data_dir(dir);
     cfg.jurisdiction = settings.server.jurisdiction.clone();
     cfg.storage = storage;
+    cfg.listen = addr;
     let state = if file_sink {
         let dirs = DataDir::prepare(&cfg)?;
         let sink = FileAuditSink::open(&dirs.events, FileSinkOptions::default())?;
@@ -154,13 +163,32 @@ async fn start(
     };
     let app = add_principal(store.as_ref(), principal("bench-app", "workload", "platform", "app-backend"))?;
     let eng = add_principal(store.as_ref(), principal("bench-engineer", "engineer", "provider", "support"))?;
-    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = api.local_addr()?;
     let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(custody_server::setup::serve(state.clone(), api, async {
         let _ = stop_rx.await;
     }));
     Ok(Running { state, addr, app: app.token, engineer: eng.token, stop, server })
+}
+
+/// A second node on `first`'s database, with `first`'s secrets copied into a data dir under
+/// `dir` (as an operator provisions another machine); it serves `first`'s principals.
+async fn start_second(first: &Running, dir: &std::path::Path) -> anyhow::Result<Running> {
+    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = api.local_addr()?;
+    let cfg = ServerConfig { data_dir: dir.to_path_buf(), listen: addr, ..first.state.config.clone() };
+    let from = &first.state.dirs;
+    let to = DataDir::prepare(&cfg)?;
+    for (a, b) in [(&from.kek, &to.kek), (&from.schema, &to.schema)] {
+        std::fs::copy(a, b).with_context(|| format!("copying {}", a.display()))?;
+    }
+    std::fs::create_dir_all(dir.join("log"))?;
+    std::fs::copy(from.root.join("log/key"), dir.join("log/key")).context("copying the log's signing key")?;
+    let state = ServerState::open(cfg)?;
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(custody_server::setup::serve(state.clone(), api, async {
+        let _ = stop_rx.await;
+    }));
+    Ok(Running { state, addr, app: first.app.clone(), engineer: first.engineer.clone(), stop, server })
 }
 
 async fn bench(settings: &Settings, format: Format, args: BenchArgs) -> anyhow::Result<()> {
@@ -174,6 +202,10 @@ async fn bench(settings: &Settings, format: Format, args: BenchArgs) -> anyhow::
         (Some(cluster), Some(pg))
     } else {
         (None, None)
+    };
+    let second = match (&pg, args.two_nodes) {
+        (Some(first), true) => Some(start_second(first, &dir.path().join("pg2")).await?),
+        _ => None,
     };
     let base_l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base_addr = base_l.local_addr()?;
@@ -198,8 +230,25 @@ async fn bench(settings: &Settings, format: Format, args: BenchArgs) -> anyhow::
     let http = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency * 2).build()?;
     let mut results = Vec::new();
     for round in 0..args.rounds {
-        let targets = [UNGUARDED, GUARDED_FILE, GUARDED_LOG].into_iter().chain(pg.as_ref().map(|_| GUARDED_PG));
+        let targets = [UNGUARDED, GUARDED_FILE, GUARDED_LOG]
+            .into_iter()
+            .chain(pg.as_ref().map(|_| GUARDED_PG))
+            .chain(second.as_ref().map(|_| GUARDED_PG_2));
         for target in targets {
+            if let (GUARDED_PG_2, Some(first), Some(second)) = (target, &pg, &second) {
+                let spinner = ProgressBar::new_spinner().with_message(format!("round {} {target}", round + 1));
+                spinner.enable_steady_tick(Duration::from_millis(200));
+                let dur = Duration::from_secs(args.seconds);
+                let half = (args.concurrency / 2).max(1);
+                let (url_a, url_b) = (records_url(first), records_url(second));
+                let (a, b) = tokio::join!(
+                    drive(&http, &url_a, &first.engineer, target, half, dur, args.records),
+                    drive(&http, &url_b, &second.engineer, target, half, dur, args.records),
+                );
+                spinner.finish_and_clear();
+                results.push(a.merge(b));
+                continue;
+            }
             let (url, token) = match (target, &pg) {
                 (GUARDED_PG, Some(pg)) => {
                     (format!("http://{}/v1/collections/profiles/records/", pg.addr), &pg.engineer)
@@ -219,7 +268,7 @@ async fn bench(settings: &Settings, format: Format, args: BenchArgs) -> anyhow::
             results.push(f);
         }
     }
-    for server in [Some(log), Some(file), pg].into_iter().flatten() {
+    for server in [second, Some(log), Some(file), pg].into_iter().flatten() {
         let _ = server.stop.send(());
         let _ = server.server.await;
     }
@@ -229,6 +278,7 @@ async fn bench(settings: &Settings, format: Format, args: BenchArgs) -> anyhow::
     let guarded = best(GUARDED_LOG) / best(UNGUARDED).max(1.0);
     let log_cost = 1.0 - best(GUARDED_LOG) / best(GUARDED_FILE).max(1.0);
     let pg_over_embedded = best(GUARDED_PG) / best(GUARDED_LOG).max(1.0);
+    let two_over_one = best(GUARDED_PG_2) / best(GUARDED_PG).max(1.0);
     match format {
         Format::Json => println!(
             "{}",
@@ -238,6 +288,7 @@ async fn bench(settings: &Settings, format: Format, args: BenchArgs) -> anyhow::
                 "rounds": results, "guarded_over_unguarded_throughput": guarded,
                 "log_cost_vs_file_sink": log_cost,
                 "postgres_over_embedded_throughput": if args.postgres { json!(pg_over_embedded) } else { json!(null) },
+                "two_nodes_over_one_throughput": if args.two_nodes { json!(two_over_one) } else { json!(null) },
             })
         ),
         Format::Human => {
@@ -265,6 +316,11 @@ async fn bench(settings: &Settings, format: Format, args: BenchArgs) -> anyhow::
                     "guarded reads on PostgreSQL (records, keys and log) run at {pg_over_embedded:.2}x the embedded backend (best rounds)"
                 );
             }
+            if args.two_nodes {
+                println!(
+                    "two nodes on one PostgreSQL serve {two_over_one:.2}x the guarded reads of one (best rounds; both nodes share this machine's cores)"
+                );
+            }
         }
     }
     Ok(())
@@ -278,6 +334,26 @@ const GUARDED_FILE: &str = "guarded-file";
 const GUARDED_LOG: &str = "guarded-log";
 /// Guarded reads with the transparency log, records and keys all in PostgreSQL.
 const GUARDED_PG: &str = "guarded-pg";
+/// As [`GUARDED_PG`], clients split across two nodes (one sequencing, one forwarding).
+const GUARDED_PG_2: &str = "guarded-pg-2n";
+
+fn records_url(r: &Running) -> String {
+    format!("http://{}/v1/collections/profiles/records/", r.addr)
+}
+
+impl Figures {
+    /// Two halves of one round run side by side: requests add up, latencies are the worse.
+    fn merge(self, other: Figures) -> Figures {
+        Figures {
+            target: self.target,
+            requests: self.requests + other.requests,
+            errors: self.errors + other.errors,
+            req_per_s: self.req_per_s + other.req_per_s,
+            p50_us: self.p50_us.max(other.p50_us),
+            p99_us: self.p99_us.max(other.p99_us),
+        }
+    }
+}
 
 async fn drive(
     http: &reqwest::Client,
