@@ -6,7 +6,7 @@
 //! node forwards its entries there over HTTP (`POST /internal/log/append`), batched, and
 //! releases data only after the sequencer answered with the entry's receipt: the
 //! log-before-release rule holds on every node. Followers also proxy the routes that read the
-//! log itself (`/log/*`, subject export and erasure) to the sequencer.
+//! log itself (`/log/*`, subject export and erasure) and egress exports to the sequencer.
 //!
 //! Forwarded batches carry an HMAC under [`custody_log::node_secret`], a secret derived from the
 //! log's signing key, which every node must hold anyway (whichever is elected signs): only
@@ -490,9 +490,12 @@ pub(crate) async fn append(
     axum::Json(out).into_response()
 }
 
-/// Routes whose handlers read the log itself; a follower proxies them to the sequencer.
+/// Routes a follower proxies to the sequencer: those whose handlers read the log itself, and
+/// egress exports, so the epsilon budget (kept in the sequencer's data dir) is spent in one
+/// place.
 fn needs_log(path: &str) -> bool {
     path.starts_with("/log/")
+        || path.starts_with("/v1/egress/")
         || (path.starts_with("/v1/subjects/") && (path.ends_with("/export") || path.ends_with("/erase")))
 }
 
