@@ -56,6 +56,7 @@ pub(crate) const RECORDS: (&str, &[(&str, &str)]) = (
     &[
         ("0001", include_str!("../migrations/records_0001.sql")),
         ("0002", include_str!("../migrations/records_0002.sql")),
+        ("0003", include_str!("../migrations/records_0003.sql")),
     ],
 );
 pub(crate) const KEYS: (&str, &[(&str, &str)]) = (

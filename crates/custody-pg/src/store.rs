@@ -56,6 +56,59 @@ impl PgStore {
         PgLogStorage::on(self.records.clone())
     }
 
+    /// Epsilon the egress gateway has spent on `destination` so far (0 if never).
+    ///
+    /// # Errors
+    /// [`PgError::Connect`] or [`PgError::Query`].
+    pub fn egress_spent(&self, destination: &str) -> Result<f64, PgError> {
+        let d = destination.to_string();
+        self.records.run(move |pool| async move {
+            let client = pool.get().await?;
+            let row = client
+                .query_opt("SELECT spent FROM custody_records.egress_budget WHERE destination = $1", &[&d])
+                .await?;
+            Ok(row.map_or(0.0, |r| r.get::<_, f64>(0)))
+        })
+    }
+
+    /// Adds `epsilon` to `destination`'s spend if the total stays within `limit` (plus
+    /// `slack`), in one transaction that locks the destination's row, so nodes charging at once
+    /// cannot overspend. `Ok(Ok(total))` when charged (durably), `Ok(Err(spent))` when refused.
+    ///
+    /// # Errors
+    /// [`PgError::Connect`] or [`PgError::Query`]: nothing was charged.
+    pub fn egress_charge(
+        &self,
+        destination: &str,
+        epsilon: f64,
+        limit: f64,
+        slack: f64,
+    ) -> Result<Result<f64, f64>, PgError> {
+        let d = destination.to_string();
+        self.records.run(move |pool| async move {
+            let mut client = pool.get().await?;
+            let tx = client.transaction().await?;
+            tx.execute(
+                "INSERT INTO custody_records.egress_budget (destination, spent) VALUES ($1, 0)
+                 ON CONFLICT (destination) DO NOTHING",
+                &[&d],
+            )
+            .await?;
+            let spent: f64 = tx
+                .query_one("SELECT spent FROM custody_records.egress_budget WHERE destination = $1 FOR UPDATE", &[&d])
+                .await?
+                .get(0);
+            let total = spent + epsilon;
+            if !spent.is_finite() || total > limit + slack {
+                return Ok(Err(spent));
+            }
+            tx.execute("UPDATE custody_records.egress_budget SET spent = $2 WHERE destination = $1", &[&d, &total])
+                .await?;
+            tx.commit().await?;
+            Ok(Ok(total))
+        })
+    }
+
     /// The name of the database holding records, for messages.
     pub fn database(&self) -> &str {
         &self.records.name

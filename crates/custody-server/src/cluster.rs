@@ -491,8 +491,8 @@ pub(crate) async fn append(
 }
 
 /// Routes a follower proxies to the sequencer: those whose handlers read the log itself, and
-/// egress exports, so the epsilon budget (kept in the sequencer's data dir) is spent in one
-/// place.
+/// egress exports (their spool of files being served is the sequencer's; the epsilon budget is
+/// in the database either way).
 fn needs_log(path: &str) -> bool {
     path.starts_with("/log/")
         || path.starts_with("/v1/egress/")

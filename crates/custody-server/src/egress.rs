@@ -30,7 +30,7 @@ const PAGE: usize = 1024;
 /// The gateway's state: profiles, epsilon budget, pseudonym key and spool directory.
 pub struct Gateway {
     profiles: Profiles,
-    budget: BudgetStore,
+    budget: Budget,
     key: [u8; 32],
     spool: PathBuf,
     budget_limit: f64,
@@ -45,13 +45,60 @@ impl std::fmt::Debug for Gateway {
     }
 }
 
+/// Where the epsilon budget is kept: the data dir's file (embedded), or the shared database,
+/// so every node of a PostgreSQL cluster, and the next sequencer after a failover, sees one
+/// spend.
+enum Budget {
+    File(BudgetStore),
+    Postgres(custody_pg::PgStore),
+}
+
+/// Floating-point slack, as the file store allows, so equal parts spend a budget exactly.
+const BUDGET_SLACK: f64 = 1e-9;
+
+impl Budget {
+    fn spent(&self, destination: &str) -> Result<f64, EgressError> {
+        match self {
+            Budget::File(b) => b.spent(destination),
+            Budget::Postgres(pg) => pg.egress_spent(destination).map_err(|e| EgressError::Budget(e.to_string())),
+        }
+    }
+
+    fn charge(&self, destination: &str, epsilon: f64, limit: f64) -> Result<f64, EgressError> {
+        match self {
+            Budget::File(b) => b.charge(destination, epsilon, limit),
+            Budget::Postgres(pg) => {
+                if !(epsilon.is_finite() && epsilon > 0.0) {
+                    return Err(EgressError::BadRequest("epsilon must be positive".into()));
+                }
+                match pg.egress_charge(destination, epsilon, limit, BUDGET_SLACK) {
+                    Ok(Ok(total)) => Ok(total),
+                    Ok(Err(spent)) => Err(EgressError::BudgetExhausted {
+                        destination: destination.to_string(),
+                        spent,
+                        asked: epsilon,
+                        limit,
+                    }),
+                    Err(e) => Err(EgressError::Budget(e.to_string())),
+                }
+            }
+        }
+    }
+}
+
 impl Gateway {
     /// Loads the profiles (checked against the schema), opens the budget store, gets the
     /// egress key and empties the spool of exports a previous run did not finish serving.
     ///
     /// # Errors
     /// [`SetupError::Egress`] naming what is wrong.
-    pub fn open(cfg: &ServerConfig, dirs: &DataDir, schema: &Schema, vault: &Vault) -> Result<Self, SetupError> {
+    pub fn open(
+        cfg: &ServerConfig,
+        dirs: &DataDir,
+        schema: &Schema,
+        vault: &Vault,
+        pg: Option<&custody_pg::PgStore>,
+    ) -> Result<Self, SetupError> {
         let profiles = match &dirs.egress_profiles {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
@@ -60,8 +107,12 @@ impl Gateway {
             }
             None => Profiles::default(),
         };
-        let budget =
-            BudgetStore::open(&dirs.egress.join("budget.redb")).map_err(|e| SetupError::Egress(e.to_string()))?;
+        let budget = match pg {
+            Some(pg) => Budget::Postgres(pg.clone()),
+            None => Budget::File(
+                BudgetStore::open(&dirs.egress.join("budget.redb")).map_err(|e| SetupError::Egress(e.to_string()))?,
+            ),
+        };
         let spool = dirs.egress.join("spool");
         if spool.exists() {
             std::fs::remove_dir_all(&spool)

@@ -476,9 +476,10 @@ impl ServerState {
         );
         let policy = Arc::new(PolicyEngine::load_dir(cfg.jurisdiction.clone(), &dirs.policies)?);
         let (provider, fresh_keys) = cfg.key_provider.open(&dirs)?;
+        let pg = stores.pg.as_ref().map(|(store, _)| store.clone());
         let vault = Arc::new(Vault::new(stores.records, stores.keys, provider)?);
         let metrics = Arc::new(Metrics::new());
-        let egress = crate::egress::Gateway::open(&cfg, &dirs, &schema, &vault)?;
+        let egress = crate::egress::Gateway::open(&cfg, &dirs, &schema, &vault, pg.as_ref())?;
         let guard = Guard::new(schema, vault, policy.clone(), sink, metrics.clone());
         let auth = Authenticator::new(stores.principals, policy.clone());
         let deploy =

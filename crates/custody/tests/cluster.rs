@@ -192,3 +192,56 @@ async fn a_forged_forward_is_refused_and_a_revocation_reaches_the_other_node() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+async fn noisy_export(c: &Client, eps: f64) -> Result<(), custody_client::ClientError> {
+    let req = json!({
+        "collection": "profiles", "profile": "global-metrics", "destination": "global", "purpose": "global-models",
+        "aggregate": {"group_by": ["precise_location"], "k": 2, "noise": {"mechanism": "laplace", "epsilon": eps}},
+    });
+    c.export(&req, |_| Ok(()), |_| {}).await.map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_epsilon_budget_is_one_across_nodes_and_survives_the_sequencers_death() {
+    let pg = TempPostgres::start().unwrap();
+    let url = pg.create_database("custody").unwrap();
+    let flags = ["--storage", "postgres", "--postgres-url", &url, "--egress-epsilon-budget", "1.0"];
+    let mut a = Server::start_with(&flags);
+    let app = a.client(&a.principal("app", "workload", "US", &["--role", "app-backend"]));
+    for n in 0..30u64 {
+        let place = ["US-CA-1", "US-NY-2"][(n % 2) as usize];
+        let f = json!({
+            "email": format!("e{n}@mail.example"), "phone": "+1555", "birthdate": "1990-01-01",
+            "precise_location": place, "device_id": format!("d{n}"),
+            "handle": format!("h{n}"), "display_name": format!("User {n}"), "watch_minutes": 100 + n,
+        })
+        .as_object()
+        .unwrap()
+        .clone();
+        app.create("profiles", Some(&format!("r{n}")), &format!("s{n}"), f).await.unwrap();
+    }
+    let token = a.principal("exp", "engineer", "US", &["--employer", "provider", "--role", "egress"]);
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&a.data(), &dir.path().join("data"));
+    let _ = std::fs::remove_file(dir.path().join("data/admin.sock"));
+    let b = Server::start_in(dir, &flags);
+
+    // Spent through the follower (run on the sequencer, A).
+    noisy_export(&b.client(&token), 0.6).await.unwrap();
+    a.kill();
+    let on_b = b.client(&token);
+    let deadline = Instant::now() + TAKEOVER_BOUND;
+    let refused = loop {
+        match noisy_export(&on_b, 0.6).await {
+            Err(e) if e.status().map(|s| s.as_u16()) == Some(403) => break e,
+            Err(_) => assert!(Instant::now() < deadline, "node B did not take over"),
+            Ok(()) => panic!("the new sequencer exported past the budget A had spent"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The refusal is logged with its reason, in the log B now sequences.
+    let doc = serde_json::to_value(refused.problem().expect("a problem document")).unwrap();
+    let entry: Value = serde_json::from_str(doc["receipt"]["detail"]["entry"].as_str().unwrap()).unwrap();
+    assert!(entry["reasons"][0].as_str().unwrap().starts_with("epsilon-budget-exhausted"), "{entry}");
+    noisy_export(&on_b, 0.4).await.unwrap();
+}
