@@ -284,8 +284,9 @@ impl Vault {
         let (_, coll) = schema.collection(collection.as_str()).map_err(|e| VaultError::NotFound(e.to_string()))?;
         let mut states: HashMap<&SubjectId, KeyState> = HashMap::new();
         let mut fresh: Vec<(SubjectId, WrappedKey)> = Vec::new();
+        let mut fresh_subjects: std::collections::HashSet<&SubjectId> = std::collections::HashSet::new();
         for r in records {
-            if states.contains_key(&r.subject) || fresh.iter().any(|(s, _)| s == &r.subject) {
+            if states.contains_key(&r.subject) || fresh_subjects.contains(&r.subject) {
                 continue;
             }
             match self.keys.subject_key(&r.subject)? {
@@ -296,6 +297,7 @@ impl Vault {
                     let version = 1;
                     let wrapped = self.provider.wrap(&dek_context(&r.subject, version), &DataKey::generate())?;
                     fresh.push((r.subject.clone(), WrappedKey { version, wrapped }));
+                    fresh_subjects.insert(&r.subject);
                 }
             }
         }
