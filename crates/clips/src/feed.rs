@@ -304,3 +304,63 @@ pub async fn for_you(store: &Store, trending: &Trending, user: &str, limit: usiz
     );
     Ok(Feed { user: user.to_string(), personalised, reason, items })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    fn video(id: &str, likes: i64) -> Video {
+        Video {
+            id: id.into(),
+            creator: "u1".into(),
+            caption: String::new(),
+            tags: String::new(),
+            duration_ms: 1000,
+            chunks: Vec::new(),
+            size_bytes: 1,
+            posted_at: String::new(),
+            likes,
+            comments: 0,
+            views: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_share_one_load_and_a_fresh_list_is_not_reloaded() {
+        let lists = Lists::new(Duration::from_secs(3600));
+        let loads = AtomicUsize::new(0);
+        let load = || async {
+            loads.fetch_add(1, Ordering::SeqCst);
+            tokio::task::yield_now().await;
+            Ok(vec![video("v1", 3)])
+        };
+        let (a, b) = tokio::join!(lists.get("s1", load()), lists.get("s1", load()));
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+        assert_eq!(a.unwrap()[0].video.id, "v1");
+        assert_eq!(b.unwrap()[0].video.id, "v1");
+        lists.get("s1", load()).await.unwrap();
+        assert_eq!(loads.load(Ordering::SeqCst), 1, "fresh: served from the cache");
+        lists.get("s2", load()).await.unwrap();
+        assert_eq!(loads.load(Ordering::SeqCst), 2, "another key is another list");
+    }
+
+    #[tokio::test]
+    async fn an_expired_list_is_reloaded_and_scored_by_engagement() {
+        let lists = Lists::new(Duration::ZERO);
+        let loads = AtomicUsize::new(0);
+        let load = |likes| {
+            let loads = &loads;
+            async move {
+                loads.fetch_add(1, Ordering::SeqCst);
+                Ok(vec![video("v1", likes)])
+            }
+        };
+        let first = lists.get("s1", load(0)).await.unwrap();
+        let second = lists.get("s1", load(10)).await.unwrap();
+        assert_eq!(loads.load(Ordering::SeqCst), 2);
+        assert!(second[0].engagement > first[0].engagement);
+    }
+}
