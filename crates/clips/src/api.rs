@@ -26,14 +26,14 @@ use crate::store::{MAX_VIDEO_BYTES, NewUser, ProfileEdit, Store};
 pub struct AppState {
     /// The custody-backed store.
     pub store: Store,
-    /// The trending-shard cache.
+    /// The cache of the feed's non-personal inputs (trending shards, creators' videos).
     pub trending: Trending,
 }
 
 /// Shared state.
 pub type Shared = Arc<AppState>;
 
-/// How long trending shards are cached.
+/// How long trending shards and creators' video lists (the feed's shared inputs) are cached.
 pub const TRENDING_TTL: Duration = Duration::from_secs(2);
 
 /// An error answered as JSON.

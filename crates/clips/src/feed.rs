@@ -6,6 +6,10 @@
 //! watch history to clips, affinity to creators the viewer watched and a penalty for videos
 //! already seen. When policy withholds watch history the feed ranks without it and says so
 //! (`personalised: false` with custody's reason).
+//!
+//! Only the personal inputs (follows, watch history) are read from custody per request; the
+//! non-personal ones (trending shards, creators' video lists, with their engagement scores)
+//! are public metadata shared by every viewer and cached for a few seconds ([`Trending`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -45,40 +49,131 @@ pub struct Feed {
     pub items: Vec<FeedItem>,
 }
 
-/// A cached shard: when it was read, and its videos.
-type Cached = (Instant, Arc<Vec<Video>>);
+/// A cached video list: when it was read, and its videos with their engagement scores.
+type Cached = (Instant, Arc<Vec<Ranked>>);
 
-/// A short-lived cache of trending shards. It holds public video metadata only, for a few
-/// seconds, so a burst of feed requests does not search the same shard again; custody stays
-/// the source of truth.
+/// A video with its non-personal score (engagement only), computed once per cache fill.
+#[derive(Debug, Clone)]
+pub struct Ranked {
+    /// The video.
+    pub video: Video,
+    /// Its engagement score: likes, comments and views, log-scaled.
+    pub engagement: f64,
+}
+
+impl Ranked {
+    fn new(video: Video) -> Self {
+        let engagement = (1.0 + video.likes as f64).ln()
+            + 1.5 * (1.0 + video.comments as f64).ln()
+            + 0.3 * (1.0 + video.views as f64).ln();
+        Self { video, engagement }
+    }
+}
+
+/// One cached list: its value, and a lock held by the one request refreshing it.
+#[derive(Debug, Default)]
+struct Slot {
+    value: Mutex<Option<Cached>>,
+    refresh: tokio::sync::Mutex<()>,
+}
+
+/// Most lists a [`Lists`] cache keeps before it drops expired ones.
+const MAX_LISTS: usize = 100_000;
+
+/// A short-lived cache of public video lists (one trending shard, or one creator's videos)
+/// with their engagement scores: the non-personal part of every feed, shared by all viewers.
+/// One request refreshes an expired list while the others keep the previous one, so a burst
+/// of feeds never searches custody for the same list twice. It holds public video metadata
+/// only, for a few seconds; custody stays the source of truth.
+#[derive(Debug)]
+struct Lists {
+    ttl: Duration,
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+}
+
+impl Lists {
+    fn new(ttl: Duration) -> Self {
+        Self { ttl, slots: Mutex::new(HashMap::new()) }
+    }
+
+    fn slot(&self, key: &str) -> Arc<Slot> {
+        let mut map = self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(s) = map.get(key) {
+            return s.clone();
+        }
+        if map.len() >= MAX_LISTS {
+            let ttl = self.ttl;
+            map.retain(|_, s| {
+                s.value.lock().ok().and_then(|v| v.as_ref().map(|(at, _)| at.elapsed() < ttl)).unwrap_or(false)
+            });
+        }
+        map.entry(key.to_string()).or_default().clone()
+    }
+
+    fn fresh(&self, slot: &Slot) -> (Option<Arc<Vec<Ranked>>>, bool) {
+        match slot.value.lock().ok().and_then(|v| v.clone()) {
+            Some((at, v)) => (Some(v), at.elapsed() < self.ttl),
+            None => (None, false),
+        }
+    }
+
+    async fn get<F>(&self, key: &str, load: F) -> Result<Arc<Vec<Ranked>>, ClipsError>
+    where
+        F: std::future::Future<Output = Result<Vec<Video>, ClipsError>>,
+    {
+        let slot = self.slot(key);
+        let (have, fresh) = self.fresh(&slot);
+        if let (Some(v), true) = (&have, fresh) {
+            return Ok(v.clone());
+        }
+        let _refreshing = match (have, slot.refresh.try_lock()) {
+            (_, Ok(guard)) => guard,
+            // Someone is refreshing it: the previous list will do meanwhile.
+            (Some(stale), Err(_)) => return Ok(stale),
+            (None, Err(_)) => {
+                let guard = slot.refresh.lock().await;
+                if let (Some(v), _) = self.fresh(&slot) {
+                    return Ok(v);
+                }
+                guard
+            }
+        };
+        let list: Arc<Vec<Ranked>> = Arc::new(load.await?.into_iter().map(Ranked::new).collect());
+        if let Ok(mut v) = slot.value.lock() {
+            *v = Some((Instant::now(), list.clone()));
+        }
+        Ok(list)
+    }
+}
+
+/// The feed's shared, non-personal inputs: trending shards and creators' video lists, each
+/// cached for a few seconds with its engagement scores (see [`Trending::shard`]).
 #[derive(Debug)]
 pub struct Trending {
-    ttl: Duration,
-    shards: Mutex<HashMap<String, Cached>>,
+    shards: Lists,
+    creators: Lists,
 }
 
 impl Trending {
     /// A cache whose entries live `ttl`.
     pub fn new(ttl: Duration) -> Self {
-        Self { ttl, shards: Mutex::new(HashMap::new()) }
+        Self { shards: Lists::new(ttl), creators: Lists::new(ttl) }
     }
 
     /// The videos of `shard`, from the cache or custody.
     ///
     /// # Errors
     /// custody's refusals.
-    pub async fn shard(&self, store: &Store, shard: &str) -> Result<Arc<Vec<Video>>, ClipsError> {
-        if let Ok(map) = self.shards.lock()
-            && let Some((at, v)) = map.get(shard)
-            && at.elapsed() < self.ttl
-        {
-            return Ok(v.clone());
-        }
-        let videos = Arc::new(store.videos_in_shard(shard).await?);
-        if let Ok(mut map) = self.shards.lock() {
-            map.insert(shard.to_string(), (Instant::now(), videos.clone()));
-        }
-        Ok(videos)
+    pub async fn shard(&self, store: &Store, shard: &str) -> Result<Arc<Vec<Ranked>>, ClipsError> {
+        self.shards.get(shard, store.videos_in_shard(shard)).await
+    }
+
+    /// Up to 100 videos of `creator`, from the cache or custody.
+    ///
+    /// # Errors
+    /// custody's refusals.
+    pub async fn creator(&self, store: &Store, creator: &str) -> Result<Arc<Vec<Ranked>>, ClipsError> {
+        self.creators.get(creator, store.videos_by(creator)).await
     }
 }
 
@@ -94,46 +189,48 @@ pub fn shard_for(user: &str) -> String {
 }
 
 #[derive(Default)]
-struct Candidate {
-    video: Option<Video>,
+struct Candidate<'a> {
+    ranked: Option<&'a Ranked>,
     following: bool,
     trending: bool,
 }
 
 /// Builds `user`'s feed of at most `limit` videos.
 ///
+/// Per request, only the personal inputs go to custody (whom `user` follows, and their watch
+/// history); trending shards and creators' video lists come from `trending`'s shared cache.
+///
 /// # Errors
 /// custody failures (a policy refusal of watch history is not one: it un-personalises).
 pub async fn for_you(store: &Store, trending: &Trending, user: &str, limit: usize) -> Result<Feed, ClipsError> {
+    let t0 = Instant::now();
     let shard = shard_for(user);
     let (following, history, sample) =
         tokio::join!(store.following(user), store.watch_history(user), trending.shard(store, &shard));
     let following = following?;
     let history = history?;
     let sample = sample?;
+    let t_personal = t0.elapsed();
 
     let start = (hash32(user) as usize) % following.len().max(1);
-    let creators: Vec<String> =
-        following.iter().cycle().skip(start).take(FOLLOW_FANOUT.min(following.len())).cloned().collect();
-    let mut tasks = tokio::task::JoinSet::new();
-    for c in creators {
-        let store = store.clone();
-        tasks.spawn(async move { store.videos_by(&c).await });
-    }
-    let mut candidates: HashMap<String, Candidate> = HashMap::new();
-    while let Some(res) = tasks.join_next().await {
-        let videos = res.map_err(|e| ClipsError::BadInput(format!("feed task failed: {e}")))??;
-        for v in videos {
-            let c = candidates.entry(v.id.clone()).or_default();
+    let creators: Vec<&String> =
+        following.iter().cycle().skip(start).take(FOLLOW_FANOUT.min(following.len())).collect();
+    let lists = futures_util::future::join_all(creators.iter().map(|c| trending.creator(store, c))).await;
+    let t_creators = t0.elapsed();
+    let mut candidates: HashMap<&str, Candidate<'_>> = HashMap::new();
+    let lists: Vec<Arc<Vec<Ranked>>> = lists.into_iter().collect::<Result<_, _>>()?;
+    for list in &lists {
+        for r in list.iter() {
+            let c = candidates.entry(r.video.id.as_str()).or_default();
             c.following = true;
-            c.video = Some(v);
+            c.ranked = Some(r);
         }
     }
-    for v in sample.iter() {
-        let c = candidates.entry(v.id.clone()).or_default();
+    for r in sample.iter() {
+        let c = candidates.entry(r.video.id.as_str()).or_default();
         c.trending = true;
-        if c.video.is_none() {
-            c.video = Some(v.clone());
+        if c.ranked.is_none() {
+            c.ranked = Some(r);
         }
     }
 
@@ -155,35 +252,115 @@ pub async fn for_you(store: &Store, trending: &Trending, user: &str, limit: usiz
         ),
     };
 
-    let mut items: Vec<FeedItem> = candidates
-        .into_values()
+    let mut scored: Vec<(f64, &Candidate<'_>, &Ranked)> = candidates
+        .values()
         .filter_map(|c| {
-            let v = c.video?;
+            let r = c.ranked?;
+            let v = &r.video;
             if v.creator == user {
                 return None;
             }
-            let mut why = Vec::new();
-            let mut score =
-                (1.0 + v.likes as f64).ln() + 1.5 * (1.0 + v.comments as f64).ln() + 0.3 * (1.0 + v.views as f64).ln();
+            let mut score = r.engagement;
             if c.following {
                 score += 3.0;
+            }
+            if let Some(a) = affinity.get(&v.creator) {
+                score += 1.5 * a.min(3.0);
+            }
+            if seen.contains(&v.id) {
+                score -= 4.0;
+            }
+            Some((score, c, r))
+        })
+        .collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.2.video.id.cmp(&b.2.video.id)));
+    scored.truncate(limit);
+    let items = scored
+        .into_iter()
+        .map(|(score, c, r)| {
+            let v = &r.video;
+            let mut why = Vec::new();
+            if c.following {
                 why.push("following".to_string());
             }
             if c.trending {
                 why.push("trending".to_string());
             }
-            if let Some(a) = affinity.get(&v.creator) {
-                score += 1.5 * a.min(3.0);
+            if affinity.contains_key(&v.creator) {
                 why.push("watched-creator".to_string());
             }
             if seen.contains(&v.id) {
-                score -= 4.0;
                 why.push("seen".to_string());
             }
-            Some(FeedItem { video: v, score, why })
+            FeedItem { video: v.clone(), score, why }
         })
         .collect();
-    items.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.video.id.cmp(&b.video.id)));
-    items.truncate(limit);
+    tracing::debug!(
+        user,
+        personal_ms = t_personal.as_secs_f64() * 1e3,
+        creators_ms = (t_creators - t_personal).as_secs_f64() * 1e3,
+        rank_ms = (t0.elapsed() - t_creators).as_secs_f64() * 1e3,
+        "feed timing"
+    );
     Ok(Feed { user: user.to_string(), personalised, reason, items })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    fn video(id: &str, likes: i64) -> Video {
+        Video {
+            id: id.into(),
+            creator: "u1".into(),
+            caption: String::new(),
+            tags: String::new(),
+            duration_ms: 1000,
+            chunks: Vec::new(),
+            size_bytes: 1,
+            posted_at: String::new(),
+            likes,
+            comments: 0,
+            views: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_share_one_load_and_a_fresh_list_is_not_reloaded() {
+        let lists = Lists::new(Duration::from_secs(3600));
+        let loads = AtomicUsize::new(0);
+        let load = || async {
+            loads.fetch_add(1, Ordering::SeqCst);
+            tokio::task::yield_now().await;
+            Ok(vec![video("v1", 3)])
+        };
+        let (a, b) = tokio::join!(lists.get("s1", load()), lists.get("s1", load()));
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+        assert_eq!(a.unwrap()[0].video.id, "v1");
+        assert_eq!(b.unwrap()[0].video.id, "v1");
+        lists.get("s1", load()).await.unwrap();
+        assert_eq!(loads.load(Ordering::SeqCst), 1, "fresh: served from the cache");
+        lists.get("s2", load()).await.unwrap();
+        assert_eq!(loads.load(Ordering::SeqCst), 2, "another key is another list");
+    }
+
+    #[tokio::test]
+    async fn an_expired_list_is_reloaded_and_scored_by_engagement() {
+        let lists = Lists::new(Duration::ZERO);
+        let loads = AtomicUsize::new(0);
+        let load = |likes| {
+            let loads = &loads;
+            async move {
+                loads.fetch_add(1, Ordering::SeqCst);
+                Ok(vec![video("v1", likes)])
+            }
+        };
+        let first = lists.get("s1", load(0)).await.unwrap();
+        let second = lists.get("s1", load(10)).await.unwrap();
+        assert_eq!(loads.load(Ordering::SeqCst), 2);
+        assert!(second[0].engagement > first[0].engagement);
+    }
 }

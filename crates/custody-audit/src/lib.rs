@@ -46,14 +46,40 @@ pub enum AuditError {
     Closed,
 }
 
+/// A receipt the sink's writer left for the waiting task to build: the writer only hands
+/// over what it has, so formatting receipts never holds up the next batch.
+pub type Deferred = Box<dyn FnOnce() -> Result<AuditReceipt, AuditError> + Send>;
+
+/// How a [`Pending`] is answered.
+enum Answer {
+    /// With the finished receipt.
+    Ready(tokio::sync::oneshot::Receiver<Result<AuditReceipt, AuditError>>),
+    /// With a receipt the waiting task finishes ([`Deferred`]).
+    Deferred(tokio::sync::oneshot::Receiver<Result<Deferred, AuditError>>),
+}
+
 /// An event handed to a sink, durable once [`Pending::durable`] resolves.
-#[derive(Debug)]
-pub struct Pending(tokio::sync::oneshot::Receiver<Result<AuditReceipt, AuditError>>);
+pub struct Pending(Answer);
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            Answer::Ready(_) => "Pending(ready)",
+            Answer::Deferred(_) => "Pending(deferred)",
+        })
+    }
+}
 
 impl Pending {
     /// Builds a pending acknowledgement from a channel a sink will answer on.
     pub fn new(rx: tokio::sync::oneshot::Receiver<Result<AuditReceipt, AuditError>>) -> Self {
-        Self(rx)
+        Self(Answer::Ready(rx))
+    }
+
+    /// Builds a pending acknowledgement whose receipt the waiting task finishes: the sink
+    /// answers, once the event is durable, with a [`Deferred`] that builds it.
+    pub fn deferred(rx: tokio::sync::oneshot::Receiver<Result<Deferred, AuditError>>) -> Self {
+        Self(Answer::Deferred(rx))
     }
 
     /// Waits until the event is durable.
@@ -61,7 +87,10 @@ impl Pending {
     /// # Errors
     /// Any [`AuditError`]; a sink that vanished counts as [`AuditError::Closed`].
     pub async fn durable(self) -> Result<AuditReceipt, AuditError> {
-        self.0.await.unwrap_or(Err(AuditError::Closed))
+        match self.0 {
+            Answer::Ready(rx) => rx.await.unwrap_or(Err(AuditError::Closed)),
+            Answer::Deferred(rx) => rx.await.unwrap_or(Err(AuditError::Closed)).and_then(|finish| finish()),
+        }
     }
 
     /// Blocking variant of [`Pending::durable`] for non-async callers.
@@ -69,7 +98,10 @@ impl Pending {
     /// # Errors
     /// As [`Pending::durable`].
     pub fn wait(self) -> Result<AuditReceipt, AuditError> {
-        self.0.blocking_recv().unwrap_or(Err(AuditError::Closed))
+        match self.0 {
+            Answer::Ready(rx) => rx.blocking_recv().unwrap_or(Err(AuditError::Closed)),
+            Answer::Deferred(rx) => rx.blocking_recv().unwrap_or(Err(AuditError::Closed)).and_then(|finish| finish()),
+        }
     }
 }
 

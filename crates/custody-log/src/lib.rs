@@ -263,8 +263,9 @@ impl LogPending {
 enum Ack {
     Raw(oneshot::Sender<Result<Receipt, LogError>>),
     /// An audit event: answered with the receipt and the exact entry text, so the client can
-    /// check the leaf hash against what was logged about its request.
-    Audit(oneshot::Sender<Result<AuditReceipt, AuditError>>, String),
+    /// check the leaf hash against what was logged about its request. The writer hands both
+    /// over as they are; the waiting task formats them ([`custody_audit::Deferred`]).
+    Audit(oneshot::Sender<Result<custody_audit::Deferred, AuditError>>, Arc<[u8]>),
 }
 
 impl Ack {
@@ -274,13 +275,7 @@ impl Ack {
                 let _ = tx.send(Ok(receipt));
             }
             Ack::Audit(tx, entry) => {
-                let answer = serde_json::to_value(&receipt)
-                    .map(|log| AuditReceipt {
-                        index: receipt.index,
-                        detail: serde_json::json!({ "log": log, "entry": entry }),
-                    })
-                    .map_err(|e| AuditError::Failed(e.to_string()));
-                let _ = tx.send(answer);
+                let _ = tx.send(Ok(Box::new(move || audit_receipt(&receipt, &entry))));
             }
         }
     }
@@ -297,7 +292,16 @@ impl Ack {
     }
 }
 
-type Job = (Vec<u8>, Ack);
+/// The receipt of an audit event, `{"log": <the Receipt>, "entry": <the exact entry text>}`.
+fn audit_receipt(receipt: &Receipt, entry: &[u8]) -> Result<AuditReceipt, AuditError> {
+    let log = serde_json::to_value(receipt).map_err(|e| AuditError::Failed(e.to_string()))?;
+    let entry = String::from_utf8_lossy(entry);
+    Ok(AuditReceipt { index: receipt.index, detail: serde_json::json!({ "log": log, "entry": entry }) })
+}
+
+/// An entry (shared, not copied, between the frame, the open entry bundle and its answer)
+/// and how to answer it.
+type Job = (Arc<[u8]>, Ack);
 
 /// Full tiles and their bytes, shared between the tile writer and readers.
 type FullTiles = Vec<(Tile, Arc<Vec<u8>>)>;
@@ -491,7 +495,7 @@ impl Log {
             return Err(LogError::EntryTooLarge(entry.len()));
         }
         let (tx, rx) = oneshot::channel();
-        self.send((entry, Ack::Raw(tx)))?;
+        self.send((entry.into(), Ack::Raw(tx)))?;
         Ok(LogPending(rx))
     }
 
@@ -728,13 +732,13 @@ impl Log {
             return Err(AuditError::Failed(LogError::EntryTooLarge(entry.len()).to_string()));
         }
         let (tx, rx) = oneshot::channel();
-        let text = String::from_utf8_lossy(&entry).into_owned();
-        self.send((entry, Ack::Audit(tx, text))).map_err(|e| match e {
+        let entry: Arc<[u8]> = entry.into();
+        self.send((entry.clone(), Ack::Audit(tx, entry))).map_err(|e| match e {
             LogError::Overloaded => AuditError::Overloaded,
             LogError::Closed => AuditError::Closed,
             other => AuditError::Failed(other.to_string()),
         })?;
-        Ok(Pending::new(rx))
+        Ok(Pending::deferred(rx))
     }
 }
 
@@ -890,7 +894,8 @@ fn recover(store: &dyn LogStorage, verifiers: &[Ed25519Verifier], origin: &str) 
                     let within = usize::try_from(c.size - start).unwrap_or(usize::MAX);
                     checkpoint_root = Some(f.extend(frame.leaves.get(..within).unwrap_or_default())?.root);
                 }
-                for (tile, data) in builder.append(frame.entries, &frame.leaves)? {
+                let entries = frame.entries.into_iter().map(Arc::from).collect();
+                for (tile, data) in builder.append(entries, &frame.leaves)? {
                     check_or_write(store, &tile, &data)?;
                 }
                 offset += frame.len;
@@ -1004,7 +1009,7 @@ fn check_open_tiles(store: &dyn LogStorage, builder: &Builder) -> Result<(), Log
 
 /// A batch the writer made durable, on its way to the publisher.
 struct Durable {
-    entries: Vec<Vec<u8>>,
+    entries: Vec<Arc<[u8]>>,
     leaves: Vec<Hash>,
     acks: Vec<Ack>,
     receipts: Vec<Receipt>,
@@ -1084,7 +1089,7 @@ impl Writer {
     /// Signs one batch, writes it as one frame and syncs it.
     fn commit(&mut self, jobs: &mut Vec<Job>) -> Result<Durable, String> {
         let start = self.next;
-        let (entries, acks): (Vec<Vec<u8>>, Vec<Ack>) = jobs.drain(..).unzip();
+        let (entries, acks): (Vec<Arc<[u8]>>, Vec<Ack>) = jobs.drain(..).unzip();
         let leaves: Vec<Hash> = entries.iter().map(|e| leaf_hash(e)).collect();
         let fail_all = |acks: Vec<Ack>, msg: String| {
             for ack in acks {

@@ -10,6 +10,7 @@
 //! write-ahead frames and rebuilt or checked against them at every open.
 
 use std::io;
+use std::sync::Arc;
 
 use custody_tlog::tile::{TILE_HEIGHT, TILE_WIDTH, decode_entry_bundle, encode_entry_bundle};
 use custody_tlog::{Frontier, Hash, Tile, TileKind};
@@ -23,8 +24,9 @@ pub(crate) struct Builder {
     frontier: Frontier,
     /// `levels[k]`: hashes of the rightmost, not yet full tile at tile level `k`.
     levels: Vec<Vec<Hash>>,
-    /// Entries of the rightmost, not yet full entry bundle.
-    entries: Vec<Vec<u8>>,
+    /// Entries of the rightmost, not yet full entry bundle (shared with the write-ahead
+    /// frame and the open tiles readers see, so snapshots do not copy them).
+    entries: Vec<Arc<[u8]>>,
     /// Which open tiles changed since [`Builder::take_partials`] last ran.
     dirty_levels: Vec<bool>,
     dirty_entries: bool,
@@ -50,7 +52,7 @@ impl Builder {
     /// As [`Frontier::extend`] and [`encode_entry_bundle`].
     pub(crate) fn append(
         &mut self,
-        entries: Vec<Vec<u8>>,
+        entries: Vec<Arc<[u8]>>,
         leaves: &[Hash],
     ) -> Result<Vec<(Tile, Vec<u8>)>, custody_tlog::Error> {
         let old = self.frontier.size();
@@ -86,7 +88,7 @@ impl Builder {
             self.dirty_entries = true;
             if self.entries.len() == WIDTH {
                 let tile = Tile::entries(i / u64::from(TILE_WIDTH), TILE_WIDTH)?;
-                full.push((tile, encode_entry_bundle(self.entries.iter().map(Vec::as_slice))?));
+                full.push((tile, encode_entry_bundle(self.entries.iter().map(|e| &**e))?));
                 self.entries.clear();
             }
         }
@@ -132,7 +134,7 @@ impl Builder {
     pub(crate) fn open_bundle(&self, width: usize) -> Result<(Tile, Vec<u8>), custody_tlog::Error> {
         let entries = self.entries.get(..width).unwrap_or_default();
         let tile = Tile::entries(self.size() / u64::from(TILE_WIDTH), u16::try_from(width).unwrap_or(0))?;
-        Ok((tile, encode_entry_bundle(entries.iter().map(Vec::as_slice))?))
+        Ok((tile, encode_entry_bundle(entries.iter().map(|e| &**e))?))
     }
 
     /// A copy of the open tiles, for readers.
@@ -155,7 +157,7 @@ impl Builder {
 pub(crate) struct OpenTiles {
     size: u64,
     levels: Vec<Vec<Hash>>,
-    entries: Vec<Vec<u8>>,
+    entries: Vec<Arc<[u8]>>,
 }
 
 impl OpenTiles {
@@ -188,7 +190,7 @@ impl OpenTiles {
                     .then(|| Ok(open.get(..width).unwrap_or_default().iter().flat_map(|h| h.0).collect()))
             }
             TileKind::Entries => (tile.index() == self.size / u64::from(TILE_WIDTH))
-                .then(|| encode_entry_bundle(self.entries.get(..width).unwrap_or_default().iter().map(Vec::as_slice))),
+                .then(|| encode_entry_bundle(self.entries.get(..width).unwrap_or_default().iter().map(|e| &**e))),
         }
     }
 }
@@ -230,7 +232,7 @@ mod tests {
             for (i, l) in (size..).zip(&leaves) {
                 storage.extend(custody_tlog::stored_hashes(i, *l, &storage).unwrap());
             }
-            let mut out = b.append(entries.clone(), &leaves).unwrap();
+            let mut out = b.append(entries.iter().map(|e| Arc::from(e.as_slice())).collect(), &leaves).unwrap();
             out.extend(b.take_partials().unwrap());
             let mut expected: Vec<Tile> = new_tiles(size, size + batch);
             expected.extend(new_entry_bundles(size, size + batch));

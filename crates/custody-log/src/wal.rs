@@ -48,14 +48,15 @@ pub(crate) enum Found {
 }
 
 /// Encodes a batch as one frame.
-pub(crate) fn encode(first: u64, entries: &[Vec<u8>], root: &Hash) -> Vec<u8> {
-    let body: usize = entries.iter().map(|e| 4 + e.len()).sum();
+pub(crate) fn encode<E: AsRef<[u8]>>(first: u64, entries: &[E], root: &Hash) -> Vec<u8> {
+    let body: usize = entries.iter().map(|e| 4 + e.as_ref().len()).sum();
     let mut out = Vec::with_capacity(HEADER_LEN + body + 32);
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&first.to_be_bytes());
     // Batches are bounded by the configured max batch, well below u32::MAX.
     out.extend_from_slice(&u32::try_from(entries.len()).unwrap_or(u32::MAX).to_be_bytes());
     for entry in entries {
+        let entry = entry.as_ref();
         // Entries are checked against MAX_ENTRY_SIZE at submit.
         out.extend_from_slice(&u32::try_from(entry.len()).unwrap_or(u32::MAX).to_be_bytes());
         out.extend_from_slice(entry);

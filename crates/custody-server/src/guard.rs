@@ -517,6 +517,7 @@ impl Guard {
         bodies: Vec<CreateRecord>,
         ctx: &RequestContext,
     ) -> Result<BatchWriteResponse, GuardError> {
+        let t0 = std::time::Instant::now();
         let (cname, coll) = self.collection(collection)?;
         if bodies.len() > MAX_BATCH_CREATE {
             return Err(GuardError::BadRequest(format!(
@@ -543,6 +544,7 @@ impl Guard {
             let fields = self.schema.validate_fields(cname, &body.fields, false)?;
             items.push(NewRecord { id, subject, jurisdiction, fields });
         }
+        let t_validate = t0.elapsed();
         let policies = self.policy.current();
         for it in &items {
             let denied = self.refused(
@@ -561,12 +563,14 @@ impl Guard {
                 return Err(self.forbid(&policies, caller, Action::Write, cname, &refs, &denied, ctx).await);
             }
         }
+        let t_decide = t0.elapsed();
         // Only a principal allowed to write learns whether an id is taken.
         for it in &items {
             if self.vault.load(cname, &it.id).is_ok() {
                 return Err(GuardError::Conflict(format!("record `{cname}/{}` already exists", it.id)));
             }
         }
+        let t_conflict = t0.elapsed();
         let mut pending = Vec::with_capacity(items.len());
         for it in &items {
             let refs = [(&it.id, &it.subject)];
@@ -578,6 +582,7 @@ impl Guard {
             let r = p.durable().await.inspect_err(|_| self.metrics.audit_failure())?;
             receipts.push(Receipt { index: r.index, detail: r.detail });
         }
+        let t_logged = t0.elapsed();
         let (vault, schema, c2) = (self.vault.clone(), self.schema.clone(), cname.clone());
         let (created, items) = tokio::task::spawn_blocking(move || {
             let created = vault.create_many(&schema, &c2, &items);
@@ -586,6 +591,7 @@ impl Guard {
         .await
         .map_err(|e| GuardError::Storage(e.to_string()))?;
         let created = created?;
+        let t_stored = t0.elapsed();
         let mut key_events = Vec::new();
         for (it, version) in items.iter().zip(&created) {
             let Some(version) = version else { continue };
@@ -605,6 +611,17 @@ impl Guard {
         for p in key_events {
             p.durable().await.inspect_err(|_| self.metrics.audit_failure())?;
         }
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        tracing::debug!(
+            records = items.len(),
+            validate_ms = ms(t_validate),
+            decide_ms = ms(t_decide - t_validate),
+            conflict_ms = ms(t_conflict - t_decide),
+            log_access_ms = ms(t_logged - t_conflict),
+            store_ms = ms(t_stored - t_logged),
+            log_keys_ms = ms(t0.elapsed() - t_stored),
+            "batch-create timing"
+        );
         let results = items
             .into_iter()
             .zip(receipts)

@@ -280,11 +280,13 @@ impl Vault {
         collection: &CollectionName,
         records: &[NewRecord],
     ) -> Result<Vec<Option<u32>>, VaultError> {
+        let t0 = std::time::Instant::now();
         let (_, coll) = schema.collection(collection.as_str()).map_err(|e| VaultError::NotFound(e.to_string()))?;
         let mut states: HashMap<&SubjectId, KeyState> = HashMap::new();
         let mut fresh: Vec<(SubjectId, WrappedKey)> = Vec::new();
+        let mut fresh_subjects: std::collections::HashSet<&SubjectId> = std::collections::HashSet::new();
         for r in records {
-            if states.contains_key(&r.subject) || fresh.iter().any(|(s, _)| s == &r.subject) {
+            if states.contains_key(&r.subject) || fresh_subjects.contains(&r.subject) {
                 continue;
             }
             match self.keys.subject_key(&r.subject)? {
@@ -295,11 +297,14 @@ impl Vault {
                     let version = 1;
                     let wrapped = self.provider.wrap(&dek_context(&r.subject, version), &DataKey::generate())?;
                     fresh.push((r.subject.clone(), WrappedKey { version, wrapped }));
+                    fresh_subjects.insert(&r.subject);
                 }
             }
         }
+        let t_lookup = t0.elapsed();
         let mut created: HashMap<SubjectId, u32> = HashMap::new();
         let in_force = self.keys.insert_subject_keys(&fresh)?;
+        let t_keys = t0.elapsed();
         let mut fresh_states = Vec::with_capacity(fresh.len());
         for ((subject, key), state) in fresh.iter().zip(in_force) {
             if state == KeyState::Active(key.clone()) {
@@ -339,7 +344,17 @@ impl Vault {
             stored.push((r.id.clone(), record, add));
             out.push(created.remove(&r.subject));
         }
+        let t_sealed = t0.elapsed();
         self.records.put_new_many(collection, &stored)?;
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        tracing::debug!(
+            records = records.len(),
+            key_lookup_ms = ms(t_lookup),
+            key_insert_ms = ms(t_keys - t_lookup),
+            seal_ms = ms(t_sealed - t_keys),
+            put_ms = ms(t0.elapsed() - t_sealed),
+            "create-many timing"
+        );
         Ok(out)
     }
 
