@@ -210,6 +210,8 @@ mod tests {
             location: None,
             policy_set: "00".into(),
             decision: Decision::Permit,
+            jurisdictions: Vec::new(),
+            approvals: Vec::new(),
         })
     }
 

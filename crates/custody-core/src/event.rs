@@ -123,6 +123,13 @@ pub struct AccessEvent {
     pub policy_set: String,
     /// The overall outcome.
     pub decision: Decision,
+    /// The jurisdictions of the records touched (distinct), so a monitor can replay the
+    /// decision under another policy set; absent in entries written before it was recorded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jurisdictions: Vec<String>,
+    /// The approvals the request presented (approval ids, never data), for the same replay.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<String>,
 }
 
 impl AccessEvent {

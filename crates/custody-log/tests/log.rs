@@ -178,6 +178,8 @@ fn event(n: usize) -> custody_core::AccessEvent {
         location: None,
         policy_set: "00".into(),
         decision: Decision::Permit,
+        jurisdictions: Vec::new(),
+        approvals: Vec::new(),
     }
 }
 

@@ -22,10 +22,11 @@
 //! an audit of old entries gives the same alerts as following them live.
 //!
 //! Policy replay rebuilds each denied request from the log: the principal's attributes from
-//! its latest `principal` entry, location, purpose and justification from the access entry,
-//! and each withheld class as a `Custody::Data` resource, then decides it with Cedar under the
-//! new set. Two inputs are not in the log and are assumed: the record's jurisdiction is the
-//! boundary's, and there were no approvals.
+//! its latest `principal` entry, location, purpose, justification and approvals from the
+//! access entry, and each withheld class as a `Custody::Data` resource of each jurisdiction the
+//! entry names, then decides it with Cedar under the new set. Entries written before custody
+//! recorded jurisdictions and approvals are replayed as of the boundary's jurisdiction with no
+//! approvals.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -402,7 +403,7 @@ impl Evaluator {
             let ctx = RequestContext {
                 purpose: e.purpose.clone(),
                 justification: e.justification.clone(),
-                approvals: Vec::new(),
+                approvals: e.approvals.clone(),
                 destination: None,
             };
             let subject = match e.subjects.as_slice() {
@@ -412,16 +413,19 @@ impl Evaluator {
             let mut classes: Vec<String> = e.withheld.iter().map(|w| w.class.as_str().to_owned()).collect();
             classes.sort();
             classes.dedup();
+            // Entries written before jurisdictions were recorded: the boundary's.
+            let jurisdictions: Vec<&str> = if e.jurisdictions.is_empty() {
+                vec![self.rules.jurisdiction.as_str()]
+            } else {
+                e.jurisdictions.iter().map(String::as_str).collect()
+            };
             let permitted: Vec<String> = classes
                 .into_iter()
                 .filter(|class| {
-                    let resource = ResourceRef {
-                        collection: e.collection.as_str(),
-                        class,
-                        jurisdiction: &self.rules.jurisdiction,
-                        subject,
-                    };
-                    engine.decide(&loaded, &prepared, e.action, &resource, &ctx).is_permit()
+                    jurisdictions.iter().any(|jurisdiction| {
+                        let resource = ResourceRef { collection: e.collection.as_str(), class, jurisdiction, subject };
+                        engine.decide(&loaded, &prepared, e.action, &resource, &ctx).is_permit()
+                    })
                 })
                 .collect();
             if !permitted.is_empty() {

@@ -213,3 +213,35 @@ async fn rule_alerts_through_the_binary() {
     // Restarting rebuilds the windows from the stored entries without re-raising old alerts.
     assert_eq!(follow_once(&url, &vkey, &state, &flags).await.0, 0);
 }
+
+#[test]
+fn policy_replay_uses_the_recorded_jurisdictions_and_approvals() {
+    let none = vec![("00-none.cedar".to_string(), "forbid (principal, action, resource) when { false };".to_string())];
+    let approved = vec![(
+        "00-approved.cedar".to_string(),
+        r#"permit (principal, action == Custody::Action::"read", resource is Custody::Data)
+when { context has approvals && context.approvals.contains("APR-1") && context.location == resource.jurisdiction };"#
+            .to_string(),
+    )];
+    let mut log = vec![policy_set(0, "start", none), principal(1, "eng-de", "engineer", "DE", "provider", &[])];
+    let denied = |jurisdictions: &[&str], approvals: &[&str]| {
+        let mut a = Access::denied(10, "eng-de", "DE");
+        a.jurisdictions = jurisdictions.iter().map(|s| s.to_string()).collect();
+        a.approvals = approvals.iter().map(|s| s.to_string()).collect();
+        a.bytes()
+    };
+    // 2: a DE record read from DE with the approval: the new set permits it.
+    log.push(denied(&["DE"], &["APR-1"]));
+    // 3: a US record read from DE with the approval: stays denied.
+    log.push(denied(&["US"], &["APR-1"]));
+    // 4: a DE record read from DE without the approval: stays denied.
+    log.push(denied(&["DE"], &[]));
+    // 5: an old entry (no jurisdictions, no approvals): replayed as of the boundary, stays denied.
+    log.push(denied(&[], &[]));
+    log.push(policy_set(30, "reload", approved));
+    let alerts: Vec<Alert> = evaluate(&log).into_iter().filter(|a| a.alert.starts_with("policy-replay")).collect();
+    assert_eq!(names(&alerts), ["policy-replay"], "{alerts:?}");
+    let flips: Vec<u64> =
+        alerts[0].details["flips"].as_array().unwrap().iter().map(|f| f["index"].as_u64().unwrap()).collect();
+    assert_eq!(flips, [2]);
+}

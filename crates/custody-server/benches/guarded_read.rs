@@ -272,6 +272,8 @@ fn build_and_serialize_event(
         location: Some(f.engineer.prepared.location().to_string()),
         policy_set: policies.hash().to_string(),
         decision: Decision::Permit,
+        jurisdictions: Vec::new(),
+        approvals: Vec::new(),
     };
     serde_json::to_vec(&event).unwrap()
 }

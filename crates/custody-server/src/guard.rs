@@ -243,7 +243,7 @@ impl Guard {
         caller: &Caller,
         action: Action,
         collection: &CollectionName,
-        records: &[(&RecordId, &SubjectId)],
+        records: &[(&RecordId, &SubjectId, &Jurisdiction)],
         released: impl IntoIterator<Item = FieldName>,
         withheld: impl IntoIterator<Item = FieldOutcome>,
         ctx: &RequestContext,
@@ -256,9 +256,12 @@ impl Guard {
             (false, false) => Decision::Partial,
             (true, false) => Decision::Deny,
         };
-        let mut subjects: Vec<_> = records.iter().map(|(_, s)| p.subject(s.as_str())).collect();
+        let mut subjects: Vec<_> = records.iter().map(|(_, s, _)| p.subject(s.as_str())).collect();
         subjects.sort();
         subjects.dedup();
+        let mut jurisdictions: Vec<String> = records.iter().map(|(_, _, j)| j.to_string()).collect();
+        jurisdictions.sort();
+        jurisdictions.dedup();
         AccessEvent {
             v: AccessEvent::VERSION,
             kind: "access".into(),
@@ -267,7 +270,7 @@ impl Guard {
             principal_kind: caller.record.kind.to_string(),
             action,
             collection: collection.clone(),
-            records: records.iter().map(|(r, _)| p.record(collection.as_str(), r.as_str())).collect(),
+            records: records.iter().map(|(r, _, _)| p.record(collection.as_str(), r.as_str())).collect(),
             subjects,
             released,
             withheld,
@@ -276,6 +279,8 @@ impl Guard {
             location: Some(caller.prepared.location().to_string()),
             policy_set: policies.hash().to_string(),
             decision,
+            jurisdictions,
+            approvals: ctx.approvals.clone(),
         }
     }
 
@@ -335,7 +340,7 @@ impl Guard {
         caller: &Caller,
         action: Action,
         cname: &CollectionName,
-        refs: &[(&RecordId, &SubjectId)],
+        refs: &[(&RecordId, &SubjectId, &Jurisdiction)],
         denied: &BTreeSet<FieldOutcome>,
         ctx: &RequestContext,
     ) -> GuardError {
@@ -369,7 +374,7 @@ impl Guard {
             caller,
             Action::Read,
             cname,
-            &[(&id, &stored.subject)],
+            &[(&id, &stored.subject, &stored.jurisdiction)],
             out.released.iter().cloned(),
             out.withheld.iter().cloned(),
             ctx,
@@ -429,7 +434,8 @@ impl Guard {
             withheld.extend(out.withheld);
             views.push(out.view);
         }
-        let refs: Vec<(&RecordId, &SubjectId)> = found.iter().map(|(i, s)| (i, &s.subject)).collect();
+        let refs: Vec<(&RecordId, &SubjectId, &Jurisdiction)> =
+            found.iter().map(|(i, s)| (i, &s.subject, &s.jurisdiction)).collect();
         let event = self.event(
             &policies,
             caller,
@@ -559,7 +565,7 @@ impl Guard {
                 ctx,
             );
             if !denied.is_empty() {
-                let refs = [(&it.id, &it.subject)];
+                let refs = [(&it.id, &it.subject, &it.jurisdiction)];
                 return Err(self.forbid(&policies, caller, Action::Write, cname, &refs, &denied, ctx).await);
             }
         }
@@ -573,7 +579,7 @@ impl Guard {
         let t_conflict = t0.elapsed();
         let mut pending = Vec::with_capacity(items.len());
         for it in &items {
-            let refs = [(&it.id, &it.subject)];
+            let refs = [(&it.id, &it.subject, &it.jurisdiction)];
             let event = self.event(&policies, caller, Action::Write, cname, &refs, it.fields.keys().cloned(), [], ctx);
             pending.push(self.audit.submit(&LogEntry::Access(event)).inspect_err(|_| self.metrics.audit_failure())?);
         }
@@ -669,7 +675,7 @@ impl Guard {
         let policies = self.policy.current();
         let denied =
             self.refused(&policies, caller, Action::Write, cname, coll, fields.keys(), &jurisdiction, &subject, ctx);
-        let refs = [(&id, &subject)];
+        let refs = [(&id, &subject, &jurisdiction)];
         if !denied.is_empty() {
             return Err(self.forbid(&policies, caller, Action::Write, cname, &refs, &denied, ctx).await);
         }
@@ -733,7 +739,7 @@ impl Guard {
             &stored.subject,
             ctx,
         );
-        let refs = [(&id, &stored.subject)];
+        let refs = [(&id, &stored.subject, &stored.jurisdiction)];
         if !denied.is_empty() {
             return Err(self.forbid(&policies, caller, Action::Delete, cname, &refs, &denied, ctx).await);
         }

@@ -41,6 +41,8 @@ pub struct Access {
     pub records: usize,
     pub subject: Option<String>,
     pub decision: Decision,
+    pub jurisdictions: Vec<String>,
+    pub approvals: Vec<String>,
 }
 
 impl Access {
@@ -59,6 +61,8 @@ impl Access {
             records: 1,
             subject: Some("00112233445566778899aabbccddeeff".into()),
             decision: Decision::Permit,
+            jurisdictions: Vec::new(),
+            approvals: Vec::new(),
         }
     }
 
@@ -98,6 +102,8 @@ impl Access {
             location: self.location.clone(),
             policy_set: "0".repeat(64),
             decision: self.decision,
+            jurisdictions: self.jurisdictions.clone(),
+            approvals: self.approvals.clone(),
         };
         serde_json::to_vec(&LogEntry::Access(e)).unwrap()
     }
