@@ -273,3 +273,101 @@ async fn workload_credentials_expire_on_time() {
     assert_eq!(later.status().map(|s| s.as_u16()), Some(401), "expired after its ttl");
     drop(child);
 }
+
+/// The real thing: a reviewed commit of this repository builds clips from a clean checkout,
+/// and the attested binary runs under `custody run` as the clips backend and serves users
+/// through custody, until its artifact is revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reviewed_commit_of_clips_builds_and_runs_under_custody_run() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap();
+    let clips_deploy = root.join("crates/clips/deploy");
+    let s = Server::start_with(&[
+        "--schema",
+        clips_deploy.join("schema.toml").to_str().unwrap(),
+        "--policy-dir",
+        clips_deploy.join("policies").to_str().unwrap(),
+    ]);
+    let head = git(&root, &["rev-parse", "HEAD"]);
+    let work = tempfile::tempdir().unwrap();
+    let key = work.path().join("alice.key");
+    let kg = ok(&s.cli(&["--format", "json", "review", "keygen", "--out", key.to_str().unwrap()]));
+    let public = kg["public_key"].as_str().unwrap();
+    s.principal("alice", "engineer", "US", &["--role", "reviewer", "--attr", &format!("review_key={public}")]);
+    let repo = root.to_str().unwrap();
+    ok(&s.cli(&[
+        "--format",
+        "json",
+        "review",
+        "approve",
+        "--repo",
+        repo,
+        "--commit",
+        &head,
+        "--reviewer",
+        "alice",
+        "--key",
+        key.to_str().unwrap(),
+        "--notes",
+        "clips at HEAD",
+    ]));
+
+    // The build: cargo on a fresh clone of HEAD. Dependencies compile into a target dir kept
+    // between runs (the checkout itself is fresh every time); the binary is copied into the
+    // checkout, where the builder hashes it.
+    let out = work.path().join("out");
+    let shared_target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("clips-build");
+    let built = Command::new(common::BIN)
+        .arg("--data-dir")
+        .arg(s.data())
+        .args(["--format", "json", "build", "--repo", repo, "--commit", &head, "--out"])
+        .arg(&out)
+        .args(["--output", "clips", "--", "sh", "-c"])
+        .arg("cargo build --offline --quiet -p clips --bin clips --target-dir \"$CLIPS_TARGET\" && cp \"$CLIPS_TARGET/debug/clips\" clips")
+        .env("CLIPS_TARGET", &shared_target)
+        .output()
+        .unwrap();
+    let built = ok(&built);
+    let clips = out.join("clips");
+    assert_eq!(built["outputs"][0]["name"], "clips", "{built}");
+
+    // Admitted as the clips backend, it serves users whose profiles live in custody.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let api = format!("http://127.0.0.1:{port}");
+    let _clips = Workload(
+        Command::new(common::BIN)
+            .arg("--data-dir")
+            .arg(s.data())
+            .args(["run", "--role", "clips-backend", "--artifact"])
+            .arg(&clips)
+            .args(["--", "serve", "--listen", &format!("127.0.0.1:{port}")])
+            .env("CLIPS_CUSTODY", &s.base)
+            .env("CLIPS_LOG", "warn")
+            .spawn()
+            .unwrap(),
+    );
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http.get(format!("{api}/healthz")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "clips did not start under custody run");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let created = http
+        .post(format!("{api}/v1/users"))
+        .json(&serde_json::json!({"id": "ada", "handle": "@ada", "display_name": "Ada", "email": "ada@mail.example"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status().as_u16(), 201, "{}", created.text().await.unwrap());
+    let profile: Value = http.get(format!("{api}/v1/users/ada")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(profile["handle"], "@ada", "{profile}");
+    // The workload principal carries the artifact's provenance.
+    let digest = built["outputs"][0]["sha256"].as_str().unwrap().to_owned();
+    let listed = ok(&s.cli(&["--format", "json", "principal", "list"]));
+    let admitted = listed.as_array().unwrap().iter().find(|p| p["attrs"]["tags"]["artifact_sha256"] == digest).unwrap();
+    assert_eq!(admitted["attrs"]["tags"]["source_commit"], head.as_str());
+
+    // Revoked: clips' next request through custody is refused.
+    ok(&s.cli(&["--format", "json", "artifact", "revoke", &digest]));
+    let after = http.get(format!("{api}/v1/users/ada")).send().await.unwrap();
+    assert!(!after.status().is_success(), "clips still reads through custody after revocation");
+}

@@ -23,7 +23,7 @@ struct Cli {
     /// custody's API
     #[arg(long, env = "CLIPS_CUSTODY", default_value = "http://127.0.0.1:8750", global = true)]
     custody: String,
-    /// The clips workload's custody token (`cst1_...`)
+    /// The clips workload's custody token (`cst1_...`); under `custody run`, CUSTODY_TOKEN
     #[arg(long, env = "CLIPS_CUSTODY_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
     /// Log filter
@@ -69,7 +69,11 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let token = cli.token.context("pass the clips workload's custody token with --token or CLIPS_CUSTODY_TOKEN")?;
+    // `custody run` hands an admitted workload its credential as CUSTODY_TOKEN.
+    let token = cli
+        .token
+        .or_else(|| std::env::var("CUSTODY_TOKEN").ok())
+        .context("pass the clips workload's custody token with --token, CLIPS_CUSTODY_TOKEN or CUSTODY_TOKEN")?;
     let client = Client::new(&cli.custody, token)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
