@@ -44,6 +44,40 @@ fn ok(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
 }
 
+/// Makes a review key in `dir` and returns its path and public half.
+fn review_key(s: &Server, dir: &Path, name: &str) -> (std::path::PathBuf, String) {
+    let key = dir.join(format!("{name}.key"));
+    let kg = ok(&s.cli(&["--format", "json", "review", "keygen", "--out", key.to_str().unwrap()]));
+    (key, kg["public_key"].as_str().unwrap().to_string())
+}
+
+/// Registers `name` as a reviewer with a fresh review key and returns the key's path.
+fn reviewer(s: &Server, dir: &Path, name: &str) -> std::path::PathBuf {
+    let (key, public) = review_key(s, dir, name);
+    s.principal(name, "engineer", "US", &["--role", "reviewer", "--attr", &format!("review_key={public}")]);
+    key
+}
+
+/// `custody review approve` of `commit` in `repo` by `who`, signing with `key`.
+fn approve(s: &Server, repo: &Path, commit: &str, who: &str, key: &Path, notes: &str) -> Output {
+    s.cli(&[
+        "--format",
+        "json",
+        "review",
+        "approve",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--commit",
+        commit,
+        "--reviewer",
+        who,
+        "--key",
+        key.to_str().unwrap(),
+        "--notes",
+        notes,
+    ])
+}
+
 /// A workload started by `custody run`, killed when dropped.
 struct Workload(std::process::Child);
 
@@ -87,33 +121,11 @@ async fn only_reviewed_built_code_gets_credentials() {
     let (reviewed, unreviewed) = repo(&src);
 
     // A reviewer with a key registered as an attribute.
-    let key = work.path().join("alice.key");
-    let kg = ok(&s.cli(&["--format", "json", "review", "keygen", "--out", key.to_str().unwrap()]));
-    let public = kg["public_key"].as_str().unwrap();
-    s.principal("alice", "engineer", "US", &["--role", "reviewer", "--attr", &format!("review_key={public}")]);
+    let key = reviewer(&s, work.path(), "alice");
     // Someone without the reviewer role cannot approve, even with a registered key.
-    let mkey = work.path().join("mallory.key");
-    let mk = ok(&s.cli(&["--format", "json", "review", "keygen", "--out", mkey.to_str().unwrap()]));
-    let mpub = mk["public_key"].as_str().unwrap();
+    let (mkey, mpub) = review_key(&s, work.path(), "mallory");
     s.principal("mallory", "engineer", "US", &["--attr", &format!("review_key={mpub}")]);
-    let approve = |who: &str, key: &Path, commit: &str| {
-        s.cli(&[
-            "--format",
-            "json",
-            "review",
-            "approve",
-            "--repo",
-            src.to_str().unwrap(),
-            "--commit",
-            commit,
-            "--reviewer",
-            who,
-            "--key",
-            key.to_str().unwrap(),
-            "--notes",
-            "read every line",
-        ])
-    };
+    let approve = |who: &str, key: &Path, commit: &str| approve(&s, &src, commit, who, key, "read every line");
     let refused = approve("mallory", &mkey, &unreviewed);
     assert_eq!(refused.status.code(), Some(3), "{}", String::from_utf8_lossy(&refused.stderr));
     // A review signed with the wrong key does not verify.
@@ -224,28 +236,8 @@ async fn workload_credentials_expire_on_time() {
     let work = tempfile::tempdir().unwrap();
     let src = work.path().join("repo");
     let (reviewed, _) = repo(&src);
-    let key = work.path().join("r.key");
-    let kg = ok(&s.cli(&["--format", "json", "review", "keygen", "--out", key.to_str().unwrap()]));
-    s.principal(
-        "rev",
-        "engineer",
-        "US",
-        &["--role", "reviewer", "--attr", &format!("review_key={}", kg["public_key"].as_str().unwrap())],
-    );
-    ok(&s.cli(&[
-        "--format",
-        "json",
-        "review",
-        "approve",
-        "--repo",
-        src.to_str().unwrap(),
-        "--commit",
-        &reviewed,
-        "--reviewer",
-        "rev",
-        "--key",
-        key.to_str().unwrap(),
-    ]));
+    let key = reviewer(&s, work.path(), "rev");
+    ok(&approve(&s, &src, &reviewed, "rev", &key, "fine"));
     let out = work.path().join("out");
     ok(&s.cli(&[
         "--format",
@@ -289,27 +281,9 @@ async fn a_reviewed_commit_of_clips_builds_and_runs_under_custody_run() {
     ]);
     let head = git(&root, &["rev-parse", "HEAD"]);
     let work = tempfile::tempdir().unwrap();
-    let key = work.path().join("alice.key");
-    let kg = ok(&s.cli(&["--format", "json", "review", "keygen", "--out", key.to_str().unwrap()]));
-    let public = kg["public_key"].as_str().unwrap();
-    s.principal("alice", "engineer", "US", &["--role", "reviewer", "--attr", &format!("review_key={public}")]);
+    let key = reviewer(&s, work.path(), "alice");
     let repo = root.to_str().unwrap();
-    ok(&s.cli(&[
-        "--format",
-        "json",
-        "review",
-        "approve",
-        "--repo",
-        repo,
-        "--commit",
-        &head,
-        "--reviewer",
-        "alice",
-        "--key",
-        key.to_str().unwrap(),
-        "--notes",
-        "clips at HEAD",
-    ]));
+    ok(&approve(&s, &root, &head, "alice", &key, "clips at HEAD"));
 
     // The build: cargo on a fresh clone of HEAD. Dependencies compile into a target dir kept
     // between runs (the checkout itself is fresh every time); the binary is copied into the
