@@ -39,8 +39,11 @@ pub struct RedbStore {
     /// Record writes (single puts and bulk creates), committed in groups (see [`crate::group`]).
     record_writes: GroupCommit<Vec<Row>, Result<(), VaultError>>,
     /// Bulk inserts of subject keys, committed in groups.
-    new_keys: GroupCommit<Vec<(SubjectId, WrappedKey)>, Result<Vec<KeyState>, VaultError>>,
+    new_keys: GroupCommit<NewKeys, Result<Vec<KeyState>, VaultError>>,
 }
+
+/// Subject keys one bulk create inserts.
+type NewKeys = Vec<(SubjectId, WrappedKey)>;
 
 /// One record write, encoded before the write transaction so the transaction (the serial
 /// part) only inserts.
@@ -187,7 +190,7 @@ impl RedbStore {
 
     /// Inserts the subject keys of `jobs` in one transaction; per job, the state in force
     /// for each of its subjects.
-    fn commit_new_keys(&self, jobs: &[Vec<(SubjectId, WrappedKey)>]) -> Vec<Result<Vec<KeyState>, VaultError>> {
+    fn commit_new_keys(&self, jobs: &[NewKeys]) -> Vec<Result<Vec<KeyState>, VaultError>> {
         let run = || -> Result<Vec<Result<Vec<KeyState>, VaultError>>, VaultError> {
             let w = self.keys.begin_write()?;
             let mut outcomes = Vec::with_capacity(jobs.len());
