@@ -57,7 +57,7 @@ impl SeedPlan {
             comment_share: 0.25,
             video_bytes: 2048,
             seed: 7,
-            concurrency: 4,
+            concurrency: 8,
         }
     }
 

@@ -16,7 +16,7 @@ use custody_core::{
     Jurisdiction, KeyEvent, LogEntry, PrincipalRecord, RecordId, Schema, SchemaError, SubjectId,
 };
 use custody_policy::{ClassDecision, LoadedPolicies, PolicyEngine, PreparedPrincipal, RequestContext, ResourceRef};
-use custody_vault::{NewRecord, StoredRecord, Vault, VaultError, WriteMode};
+use custody_vault::{NewRecord, OpenKeys, StoredRecord, Vault, VaultError, WriteMode};
 
 use crate::metrics::Metrics;
 use crate::wire::{
@@ -188,6 +188,7 @@ impl Guard {
         stored: &StoredRecord,
         ctx: &RequestContext,
         memo: &mut Memo,
+        keys: &mut OpenKeys,
     ) -> Result<Outcome, GuardError> {
         let mut permitted = BTreeSet::new();
         let mut withheld = BTreeSet::new();
@@ -222,7 +223,7 @@ impl Guard {
         let opened = if permitted.is_empty() {
             BTreeMap::new()
         } else {
-            self.vault.open(&self.schema, cname, id, stored, |c| permitted.contains(c))?.fields
+            self.vault.open_with(&self.schema, cname, id, stored, |c| permitted.contains(c), keys)?.fields
         };
         let released: BTreeSet<FieldName> = opened.keys().cloned().collect();
         let fields: Map<String, Value> = opened.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
@@ -368,7 +369,18 @@ impl Guard {
         let stored = self.vault.load(cname, &id)?;
         let policies = self.policy.current();
         let mut memo = Memo::new();
-        let out = self.view(&policies, caller, Action::Read, cname, coll, &id, &stored, ctx, &mut memo)?;
+        let out = self.view(
+            &policies,
+            caller,
+            Action::Read,
+            cname,
+            coll,
+            &id,
+            &stored,
+            ctx,
+            &mut memo,
+            &mut OpenKeys::default(),
+        )?;
         let event = self.event(
             &policies,
             caller,
@@ -418,18 +430,20 @@ impl Guard {
         let mut memo = Memo::new();
         let mut found = Vec::new();
         let mut missing = Vec::new();
-        for id in ids {
-            match self.vault.load(cname, &id) {
-                Ok(s) => found.push((id, s)),
-                Err(VaultError::NotFound(_)) => missing.push(id.to_string()),
-                Err(e) => return Err(e.into()),
+        // One read transaction for all of them, not one per record.
+        let loaded = self.vault.load_many(cname, &ids)?;
+        for (id, stored) in ids.into_iter().zip(loaded) {
+            match stored {
+                Some(s) => found.push((id, s)),
+                None => missing.push(id.to_string()),
             }
         }
+        let mut keys = OpenKeys::default();
         let mut released = BTreeSet::new();
         let mut withheld = BTreeSet::new();
         let mut views = Vec::new();
         for (id, stored) in &found {
-            let out = self.view(&policies, caller, Action::Read, cname, coll, id, stored, ctx, &mut memo)?;
+            let out = self.view(&policies, caller, Action::Read, cname, coll, id, stored, ctx, &mut memo, &mut keys)?;
             released.extend(out.released);
             withheld.extend(out.withheld);
             views.push(out.view);
@@ -571,10 +585,9 @@ impl Guard {
         }
         let t_decide = t0.elapsed();
         // Only a principal allowed to write learns whether an id is taken.
-        for it in &items {
-            if self.vault.load(cname, &it.id).is_ok() {
-                return Err(GuardError::Conflict(format!("record `{cname}/{}` already exists", it.id)));
-            }
+        let ids: Vec<&RecordId> = items.iter().map(|it| &it.id).collect();
+        if let Some(id) = self.vault.first_existing(cname, &ids)? {
+            return Err(GuardError::Conflict(format!("record `{cname}/{id}` already exists")));
         }
         let t_conflict = t0.elapsed();
         let mut pending = Vec::with_capacity(items.len());

@@ -212,6 +212,7 @@ pub async fn export(
         .map_err(|e| GuardError::Storage(e.to_string()))??;
     let truncated_records = refs.len() > MAX_EXPORT_RECORDS;
     let mut memo = Memo::new();
+    let mut keys = custody_vault::OpenKeys::default();
     let mut records = Vec::new();
     for (cname, id) in refs.into_iter().take(MAX_EXPORT_RECORDS) {
         let stored = match vault.load(&cname, &id) {
@@ -220,7 +221,8 @@ pub async fn export(
             Err(e) => return Err(e.into()),
         };
         let (_, coll) = s.guard.collection(cname.as_str())?;
-        let out = s.guard.view(&policies, caller, Action::Export, &cname, coll, &id, &stored, ctx, &mut memo)?;
+        let out =
+            s.guard.view(&policies, caller, Action::Export, &cname, coll, &id, &stored, ctx, &mut memo, &mut keys)?;
         records.push(ExportedRecord { collection: cname.to_string(), record: out.view });
     }
     // The permit is logged after the records were opened and before any of them leaves.

@@ -16,6 +16,7 @@
 //! A PostgreSQL backend implements the same traits.
 
 mod error;
+mod group;
 mod redb_store;
 mod store;
 mod vault;
@@ -26,4 +27,4 @@ pub use store::{
     KeyState, KeyStore, NewStoredRecord, PrincipalStore, RecordStore, Rewrap, RotationState, StoredRecord, StoredValue,
     WrappedKey,
 };
-pub use vault::{Erasure, NewRecord, OpenedRecord, RotationProgress, Vault, WriteMode};
+pub use vault::{Erasure, NewRecord, OpenKeys, OpenedRecord, RotationProgress, Vault, WriteMode};

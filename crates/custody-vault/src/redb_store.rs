@@ -12,6 +12,7 @@ use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use custody_core::{CollectionName, PrincipalId, PrincipalRecord, RecordId, SubjectId};
 use custody_crypto::BlindIndexTerm;
 
+use crate::group::GroupCommit;
 use crate::{
     KeyState, KeyStore, PrincipalStore, RecordStore, Rewrap, RotationState, StoredRecord, VaultError, WrappedKey,
 };
@@ -35,6 +36,44 @@ const KEK_ROTATION: &str = "kek-rotation";
 pub struct RedbStore {
     records: Database,
     keys: Database,
+    /// Record writes (single puts and bulk creates), committed in groups (see [`crate::group`]).
+    record_writes: GroupCommit<Vec<Row>, Result<(), VaultError>>,
+    /// Bulk inserts of subject keys, committed in groups.
+    new_keys: GroupCommit<NewKeys, Result<Vec<KeyState>, VaultError>>,
+}
+
+/// Subject keys one bulk create inserts.
+type NewKeys = Vec<(SubjectId, WrappedKey)>;
+
+/// One record write, encoded before the write transaction so the transaction (the serial
+/// part) only inserts.
+#[derive(Debug)]
+struct Row {
+    /// `collection/id`, for errors.
+    name: String,
+    key: Vec<u8>,
+    bytes: Vec<u8>,
+    /// A create: refused if the id is taken or erased.
+    must_be_new: bool,
+    subject_key: Vec<u8>,
+    index_remove: Vec<Vec<u8>>,
+    index_add: Vec<Vec<u8>>,
+}
+
+fn index_keys(collection: &CollectionName, id: &RecordId, terms: &[(String, BlindIndexTerm)]) -> Vec<Vec<u8>> {
+    terms
+        .iter()
+        .map(|(field, term)| [index_prefix(collection, field, term), id.as_str().as_bytes().to_vec()].concat())
+        .collect()
+}
+
+/// The answer for every job of a group whose transaction failed as a whole.
+fn group_failed(e: &VaultError) -> VaultError {
+    VaultError::Storage(format!("bulk write failed: {e}"))
+}
+
+fn lost() -> VaultError {
+    VaultError::Storage("bulk write was not committed".into())
 }
 
 fn record_key(collection: &CollectionName, id: &RecordId) -> Vec<u8> {
@@ -92,7 +131,97 @@ impl RedbStore {
         w.open_table(SYSTEM_KEYS)?;
         w.open_table(META)?;
         w.commit()?;
-        Ok(Self { records, keys })
+        Ok(Self { records, keys, record_writes: GroupCommit::default(), new_keys: GroupCommit::default() })
+    }
+}
+
+impl RedbStore {
+    /// Writes the record writes in `jobs` in one transaction: each job all or none (a create
+    /// naming a taken or erased id is refused alone), the transaction committed once.
+    fn commit_record_writes(&self, jobs: &[Vec<Row>]) -> Vec<Result<(), VaultError>> {
+        let run = || -> Result<Vec<Result<(), VaultError>>, VaultError> {
+            let w = self.records.begin_write()?;
+            let mut outcomes = Vec::with_capacity(jobs.len());
+            {
+                let mut t = w.open_table(RECORDS)?;
+                let mut ix = w.open_table(INDEX)?;
+                let mut sx = w.open_table(SUBJECT_INDEX)?;
+                let tombstones = w.open_table(TOMBSTONES)?;
+                for rows in jobs {
+                    // Check the whole job before inserting any of it: all or none.
+                    let mut refused = None;
+                    let mut keys = std::collections::HashSet::with_capacity(rows.len());
+                    for row in rows.iter().filter(|r| r.must_be_new) {
+                        if !keys.insert(row.key.as_slice()) || t.get(row.key.as_slice())?.is_some() {
+                            refused = Some(VaultError::AlreadyExists(row.name.clone()));
+                        } else if tombstones.get(row.key.as_slice())?.is_some() {
+                            refused = Some(VaultError::Erased(row.name.clone()));
+                        }
+                        if refused.is_some() {
+                            break;
+                        }
+                    }
+                    if let Some(e) = refused {
+                        outcomes.push(Err(e));
+                        continue;
+                    }
+                    for row in rows {
+                        t.insert(row.key.as_slice(), row.bytes.as_slice())?;
+                        sx.insert(row.subject_key.as_slice(), ())?;
+                        for k in &row.index_remove {
+                            ix.remove(k.as_slice())?;
+                        }
+                        for k in &row.index_add {
+                            ix.insert(k.as_slice(), ())?;
+                        }
+                    }
+                    outcomes.push(Ok(()));
+                }
+            }
+            w.commit()?;
+            Ok(outcomes)
+        };
+        match run() {
+            Ok(outcomes) => outcomes,
+            // Any failure but a refused job aborts the transaction: nothing of it is written.
+            Err(e) => jobs.iter().map(|_| Err(group_failed(&e))).collect(),
+        }
+    }
+
+    /// Inserts the subject keys of `jobs` in one transaction; per job, the state in force
+    /// for each of its subjects.
+    fn commit_new_keys(&self, jobs: &[NewKeys]) -> Vec<Result<Vec<KeyState>, VaultError>> {
+        let run = || -> Result<Vec<Result<Vec<KeyState>, VaultError>>, VaultError> {
+            let w = self.keys.begin_write()?;
+            let mut outcomes = Vec::with_capacity(jobs.len());
+            {
+                let mut t = w.open_table(SUBJECT_KEYS)?;
+                for keys in jobs {
+                    let mut states = Vec::with_capacity(keys.len());
+                    for (subject, key) in keys {
+                        let existing = match t.get(subject.as_str())? {
+                            Some(v) => Some(decode::<KeyState>("subject key", v.value())?),
+                            None => None,
+                        };
+                        states.push(match existing {
+                            Some(s) => s,
+                            None => {
+                                let s = KeyState::Active(key.clone());
+                                t.insert(subject.as_str(), encode(&s)?.as_slice())?;
+                                s
+                            }
+                        });
+                    }
+                    outcomes.push(Ok(states));
+                }
+            }
+            w.commit()?;
+            Ok(outcomes)
+        };
+        match run() {
+            Ok(outcomes) => outcomes,
+            Err(e) => jobs.iter().map(|_| Err(group_failed(&e))).collect(),
+        }
     }
 }
 
@@ -125,6 +254,24 @@ impl RecordStore for RedbStore {
         }
     }
 
+    fn get_many(&self, collection: &CollectionName, ids: &[RecordId]) -> Result<Vec<Option<StoredRecord>>, VaultError> {
+        let r = self.records.begin_read()?;
+        let t = r.open_table(RECORDS)?;
+        let tombstones = r.open_table(TOMBSTONES)?;
+        ids.iter()
+            .map(|id| {
+                let key = record_key(collection, id);
+                match t.get(key.as_slice())? {
+                    Some(v) => Ok(Some(decode(&format!("{collection}/{id}"), v.value())?)),
+                    None if tombstones.get(key.as_slice())?.is_some() => {
+                        Err(VaultError::Erased(format!("{collection}/{id}")))
+                    }
+                    None => Ok(None),
+                }
+            })
+            .collect()
+    }
+
     fn put(
         &self,
         collection: &CollectionName,
@@ -134,61 +281,45 @@ impl RecordStore for RedbStore {
         index_remove: &[(String, BlindIndexTerm)],
         index_add: &[(String, BlindIndexTerm)],
     ) -> Result<(), VaultError> {
-        let key = record_key(collection, id);
-        let bytes = encode(record)?;
-        let w = self.records.begin_write()?;
-        {
-            let mut t = w.open_table(RECORDS)?;
-            if must_be_new && t.get(key.as_slice())?.is_some() {
-                return Err(VaultError::AlreadyExists(format!("{collection}/{id}")));
-            }
-            if must_be_new && w.open_table(TOMBSTONES)?.get(key.as_slice())?.is_some() {
-                return Err(VaultError::Erased(format!("{collection}/{id}")));
-            }
-            t.insert(key.as_slice(), bytes.as_slice())?;
-            w.open_table(SUBJECT_INDEX)?.insert(subject_key(&record.subject, collection, id).as_slice(), ())?;
-            let mut ix = w.open_table(INDEX)?;
-            for (field, term) in index_remove {
-                let k = [index_prefix(collection, field, term), id.as_str().as_bytes().to_vec()].concat();
-                ix.remove(k.as_slice())?;
-            }
-            for (field, term) in index_add {
-                let k = [index_prefix(collection, field, term), id.as_str().as_bytes().to_vec()].concat();
-                ix.insert(k.as_slice(), ())?;
-            }
-        }
-        w.commit()?;
-        Ok(())
+        let row = Row {
+            name: format!("{collection}/{id}"),
+            key: record_key(collection, id),
+            bytes: encode(record)?,
+            must_be_new,
+            subject_key: subject_key(&record.subject, collection, id),
+            index_remove: index_keys(collection, id, index_remove),
+            index_add: index_keys(collection, id, index_add),
+        };
+        self.record_writes.submit(vec![row], |jobs| self.commit_record_writes(&jobs), || Err(lost()))
     }
 
     fn put_new_many(&self, collection: &CollectionName, records: &[crate::NewStoredRecord]) -> Result<(), VaultError> {
-        let encoded: Vec<(Vec<u8>, Vec<u8>)> = records
+        let rows: Vec<Row> = records
             .iter()
-            .map(|(id, r, _)| Ok((record_key(collection, id), encode(r)?)))
+            .map(|(id, r, add)| {
+                Ok(Row {
+                    name: format!("{collection}/{id}"),
+                    key: record_key(collection, id),
+                    bytes: encode(r)?,
+                    must_be_new: true,
+                    subject_key: subject_key(&r.subject, collection, id),
+                    index_remove: Vec::new(),
+                    index_add: index_keys(collection, id, add),
+                })
+            })
             .collect::<Result<_, VaultError>>()?;
-        let w = self.records.begin_write()?;
-        {
-            let mut t = w.open_table(RECORDS)?;
-            let mut ix = w.open_table(INDEX)?;
-            let mut sx = w.open_table(SUBJECT_INDEX)?;
-            let tombstones = w.open_table(TOMBSTONES)?;
-            for ((key, bytes), (id, record, add)) in encoded.iter().zip(records) {
-                if t.get(key.as_slice())?.is_some() {
-                    return Err(VaultError::AlreadyExists(format!("{collection}/{id}")));
-                }
-                if tombstones.get(key.as_slice())?.is_some() {
-                    return Err(VaultError::Erased(format!("{collection}/{id}")));
-                }
-                t.insert(key.as_slice(), bytes.as_slice())?;
-                sx.insert(subject_key(&record.subject, collection, id).as_slice(), ())?;
-                for (field, term) in add {
-                    let k = [index_prefix(collection, field, term), id.as_str().as_bytes().to_vec()].concat();
-                    ix.insert(k.as_slice(), ())?;
-                }
+        self.record_writes.submit(rows, |jobs| self.commit_record_writes(&jobs), || Err(lost()))
+    }
+
+    fn first_existing(&self, collection: &CollectionName, ids: &[&RecordId]) -> Result<Option<RecordId>, VaultError> {
+        let r = self.records.begin_read()?;
+        let t = r.open_table(RECORDS)?;
+        for id in ids {
+            if t.get(record_key(collection, id).as_slice())?.is_some() {
+                return Ok(Some((*id).clone()));
             }
         }
-        w.commit()?;
-        Ok(())
+        Ok(None)
     }
 
     fn delete(
@@ -348,6 +479,18 @@ impl KeyStore for RedbStore {
         }
     }
 
+    fn subject_keys(&self, subjects: &[&SubjectId]) -> Result<Vec<Option<KeyState>>, VaultError> {
+        let r = self.keys.begin_read()?;
+        let t = r.open_table(SUBJECT_KEYS)?;
+        subjects
+            .iter()
+            .map(|s| match t.get(s.as_str())? {
+                Some(v) => Ok(Some(decode("subject key", v.value())?)),
+                None => Ok(None),
+            })
+            .collect()
+    }
+
     fn insert_subject_key(&self, subject: &SubjectId, key: &WrappedKey) -> Result<KeyState, VaultError> {
         let w = self.keys.begin_write()?;
         let state = {
@@ -370,27 +513,7 @@ impl KeyStore for RedbStore {
     }
 
     fn insert_subject_keys(&self, keys: &[(SubjectId, WrappedKey)]) -> Result<Vec<KeyState>, VaultError> {
-        let w = self.keys.begin_write()?;
-        let mut states = Vec::with_capacity(keys.len());
-        {
-            let mut t = w.open_table(SUBJECT_KEYS)?;
-            for (subject, key) in keys {
-                let existing = match t.get(subject.as_str())? {
-                    Some(v) => Some(decode::<KeyState>("subject key", v.value())?),
-                    None => None,
-                };
-                states.push(match existing {
-                    Some(s) => s,
-                    None => {
-                        let s = KeyState::Active(key.clone());
-                        t.insert(subject.as_str(), encode(&s)?.as_slice())?;
-                        s
-                    }
-                });
-            }
-        }
-        w.commit()?;
-        Ok(states)
+        self.new_keys.submit(keys.to_vec(), |jobs| self.commit_new_keys(&jobs), || Err(lost()))
     }
 
     fn destroy_subject_key(&self, subject: &SubjectId) -> Result<bool, VaultError> {

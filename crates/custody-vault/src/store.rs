@@ -86,6 +86,15 @@ pub trait RecordStore: Send + Sync {
     /// [`VaultError::Corrupt`].
     fn get(&self, collection: &CollectionName, id: &RecordId) -> Result<Option<StoredRecord>, VaultError>;
 
+    /// Several records, in order, in one read where the store can (a search's or batch
+    /// read's records); `None` for an id with no record.
+    ///
+    /// # Errors
+    /// As [`RecordStore::get`].
+    fn get_many(&self, collection: &CollectionName, ids: &[RecordId]) -> Result<Vec<Option<StoredRecord>>, VaultError> {
+        ids.iter().map(|id| self.get(collection, id)).collect()
+    }
+
     /// Writes a record and adjusts its index entries in one durable transaction.
     /// With `must_be_new`, fails with [`VaultError::AlreadyExists`] if the id is taken, or
     /// [`VaultError::Erased`] if it names a tombstone.
@@ -114,6 +123,22 @@ pub trait RecordStore: Send + Sync {
             self.put(collection, id, record, true, &[], add)?;
         }
         Ok(())
+    }
+
+    /// The first of `ids` that names a live record of `collection` (tombstones do not count):
+    /// the conflict check of a bulk create, in one read where the store can.
+    ///
+    /// # Errors
+    /// [`VaultError::Storage`] or [`VaultError::Corrupt`].
+    fn first_existing(&self, collection: &CollectionName, ids: &[&RecordId]) -> Result<Option<RecordId>, VaultError> {
+        for id in ids {
+            match self.get(collection, id) {
+                Ok(Some(_)) => return Ok(Some((*id).clone())),
+                Ok(None) | Err(VaultError::Erased(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
     }
 
     /// Deletes a record and its index entries; false if it did not exist.
@@ -176,6 +201,15 @@ pub trait KeyStore: Send + Sync {
     /// # Errors
     /// [`VaultError::Storage`] or [`VaultError::Corrupt`].
     fn subject_key(&self, subject: &SubjectId) -> Result<Option<KeyState>, VaultError>;
+
+    /// The key states of several subjects, in order: one read where the store can, so a bulk
+    /// create does not pay a transaction per subject.
+    ///
+    /// # Errors
+    /// [`VaultError::Storage`] or [`VaultError::Corrupt`].
+    fn subject_keys(&self, subjects: &[&SubjectId]) -> Result<Vec<Option<KeyState>>, VaultError> {
+        subjects.iter().map(|s| self.subject_key(s)).collect()
+    }
 
     /// Stores `key` unless the subject already has a state; returns the state in force.
     ///

@@ -1,6 +1,6 @@
 //! The vault: sealing on write, selective opening on read, crypto-shredding.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use serde_json::Value;
@@ -22,6 +22,10 @@ pub enum WriteMode {
     /// The record must exist; the given fields replace their old values.
     Update,
 }
+
+/// Fewest records worth a sealing thread of their own in [`Vault::create_many`]: below it,
+/// starting a thread costs more than it saves.
+const MIN_RECORDS_PER_SEALING_THREAD: usize = 64;
 
 /// Index terms an update removes and adds, by field.
 type IndexChanges = (Vec<(String, BlindIndexTerm)>, Vec<(String, BlindIndexTerm)>);
@@ -45,6 +49,12 @@ pub struct OpenedRecord {
     /// Released values, by field.
     pub fields: BTreeMap<FieldName, Value>,
 }
+
+/// Subjects' DEKs unwrapped while serving one request (see [`Vault::open_with`]). It lives
+/// only as long as the request, so an erasure is never outlived by a cached key; the keys
+/// are zeroized when it is dropped.
+#[derive(Debug, Default)]
+pub struct OpenKeys(HashMap<SubjectId, (u32, DataKey)>);
 
 /// What an erasure did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -282,68 +292,60 @@ impl Vault {
     ) -> Result<Vec<Option<u32>>, VaultError> {
         let t0 = std::time::Instant::now();
         let (_, coll) = schema.collection(collection.as_str()).map_err(|e| VaultError::NotFound(e.to_string()))?;
-        let mut states: HashMap<&SubjectId, KeyState> = HashMap::new();
-        let mut fresh: Vec<(SubjectId, WrappedKey)> = Vec::new();
-        let mut fresh_subjects: std::collections::HashSet<&SubjectId> = std::collections::HashSet::new();
-        for r in records {
-            if states.contains_key(&r.subject) || fresh_subjects.contains(&r.subject) {
-                continue;
-            }
-            match self.keys.subject_key(&r.subject)? {
-                Some(state) => {
-                    states.insert(&r.subject, state);
-                }
-                None => {
-                    let version = 1;
-                    let wrapped = self.provider.wrap(&dek_context(&r.subject, version), &DataKey::generate())?;
-                    fresh.push((r.subject.clone(), WrappedKey { version, wrapped }));
-                    fresh_subjects.insert(&r.subject);
-                }
-            }
-        }
+        // Each distinct subject once, in first-seen order; their key states in one read.
+        let mut seen: HashSet<&SubjectId> = HashSet::with_capacity(records.len());
+        let subjects: Vec<&SubjectId> = records.iter().map(|r| &r.subject).filter(|s| seen.insert(*s)).collect();
+        let found = self.keys.subject_keys(&subjects)?;
         let t_lookup = t0.elapsed();
-        let mut created: HashMap<SubjectId, u32> = HashMap::new();
-        let in_force = self.keys.insert_subject_keys(&fresh)?;
-        let t_keys = t0.elapsed();
-        let mut fresh_states = Vec::with_capacity(fresh.len());
-        for ((subject, key), state) in fresh.iter().zip(in_force) {
-            if state == KeyState::Active(key.clone()) {
-                created.insert(subject.clone(), key.version);
+        let mut deks: HashMap<&SubjectId, (u32, DataKey)> = HashMap::with_capacity(subjects.len());
+        let mut created: HashMap<&SubjectId, u32> = HashMap::new();
+        let mut existing: Vec<(&SubjectId, KeyState)> = Vec::new();
+        {
+            // New DEKs are wrapped and stored under the wrap gate, as in `subject_dek`, so a KEK
+            // rotation cannot finish while a key wrapped under the old KEK is not yet stored.
+            let _gate = self.wrap_gate.read().unwrap_or_else(PoisonError::into_inner);
+            let mut fresh: Vec<(SubjectId, WrappedKey)> = Vec::new();
+            let mut fresh_deks: Vec<(&SubjectId, DataKey)> = Vec::new();
+            for (subject, state) in subjects.iter().copied().zip(found) {
+                match state {
+                    Some(state) => existing.push((subject, state)),
+                    None => {
+                        let version = 1;
+                        let dek = DataKey::generate();
+                        let wrapped = self.provider.wrap(&dek_context(subject, version), &dek)?;
+                        fresh.push((subject.clone(), WrappedKey { version, wrapped }));
+                        fresh_deks.push((subject, dek));
+                    }
+                }
             }
-            fresh_states.push((subject, state));
+            // No write transaction (and no fsync) when every subject already has a key.
+            let in_force = if fresh.is_empty() { Vec::new() } else { self.keys.insert_subject_keys(&fresh)? };
+            for (((_, key), (subject, dek)), state) in fresh.iter().zip(fresh_deks).zip(in_force) {
+                if state == KeyState::Active(key.clone()) {
+                    // Our key is the one in force: use the DEK we hold rather than unwrap it again.
+                    created.insert(subject, key.version);
+                    deks.insert(subject, (key.version, dek));
+                } else {
+                    // Another writer stored this subject's key first: use theirs.
+                    existing.push((subject, state));
+                }
+            }
         }
-        for (subject, state) in fresh_states {
-            states.insert(subject, state);
-        }
-        let mut deks: HashMap<&SubjectId, (u32, DataKey)> = HashMap::new();
-        for (subject, state) in &states {
+        let t_keys = t0.elapsed();
+        for (subject, state) in existing {
             match state {
                 KeyState::Active(k) => {
                     let dek = self
                         .provider
                         .unwrap(&dek_context(subject, k.version), &k.wrapped)
                         .map_err(|_| VaultError::Integrity(format!("key of subject `{subject}`")))?;
-                    deks.insert(*subject, (k.version, dek));
+                    deks.insert(subject, (k.version, dek));
                 }
                 KeyState::Destroyed { .. } => return Err(VaultError::Erased(subject.to_string())),
             }
         }
-        let mut out = Vec::with_capacity(records.len());
-        let mut stored = Vec::with_capacity(records.len());
-        for r in records {
-            let (version, dek) =
-                deks.get(&r.subject).ok_or_else(|| VaultError::Integrity(format!("missing key of `{}`", r.subject)))?;
-            let mut record = StoredRecord {
-                subject: r.subject.clone(),
-                jurisdiction: r.jurisdiction.clone(),
-                key_version: *version,
-                fields: BTreeMap::new(),
-                terms: BTreeMap::new(),
-            };
-            let (_, add) = self.seal_into(schema, coll, collection, &r.id, *version, dek, &r.fields, &mut record)?;
-            stored.push((r.id.clone(), record, add));
-            out.push(created.remove(&r.subject));
-        }
+        let stored = self.seal_many(schema, coll, collection, records, &deks)?;
+        let out = records.iter().map(|r| created.remove(&r.subject)).collect();
         let t_sealed = t0.elapsed();
         self.records.put_new_many(collection, &stored)?;
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
@@ -358,6 +360,55 @@ impl Vault {
         Ok(out)
     }
 
+    /// Seals `records` for [`Vault::create_many`], spread over the machine's cores: sealing
+    /// (JSON encoding, one AEAD per field, blind-index HMACs) is the CPU-bound part of a bulk
+    /// create, and the single write transaction after it is not.
+    fn seal_many(
+        &self,
+        schema: &Schema,
+        coll: &custody_core::CollectionSchema,
+        collection: &CollectionName,
+        records: &[NewRecord],
+        deks: &HashMap<&SubjectId, (u32, DataKey)>,
+    ) -> Result<Vec<crate::NewStoredRecord>, VaultError> {
+        let seal_part = |part: &[NewRecord]| -> Result<Vec<crate::NewStoredRecord>, VaultError> {
+            let mut stored = Vec::with_capacity(part.len());
+            for r in part {
+                let (version, dek) = deks
+                    .get(&r.subject)
+                    .ok_or_else(|| VaultError::Integrity(format!("missing key of `{}`", r.subject)))?;
+                let mut record = StoredRecord {
+                    subject: r.subject.clone(),
+                    jurisdiction: r.jurisdiction.clone(),
+                    key_version: *version,
+                    fields: BTreeMap::new(),
+                    terms: BTreeMap::new(),
+                };
+                let (_, add) =
+                    self.seal_into(schema, coll, collection, &r.id, *version, dek, &r.fields, &mut record)?;
+                stored.push((r.id.clone(), record, add));
+            }
+            Ok(stored)
+        };
+        let threads = std::thread::available_parallelism()
+            .map_or(1, std::num::NonZeroUsize::get)
+            .min(records.len() / MIN_RECORDS_PER_SEALING_THREAD)
+            .max(1);
+        if threads == 1 {
+            return seal_part(records);
+        }
+        let per = records.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = records.chunks(per).map(|part| scope.spawn(move || seal_part(part))).collect();
+            let mut stored = Vec::with_capacity(records.len());
+            for h in handles {
+                let part = h.join().map_err(|_| VaultError::Storage("a sealing thread failed".into()))??;
+                stored.extend(part);
+            }
+            Ok(stored)
+        })
+    }
+
     /// The KEK version new keys are wrapped under.
     pub fn current_kek(&self) -> u32 {
         self.provider.current_kek()
@@ -368,12 +419,37 @@ impl Vault {
         self.provider.name()
     }
 
+    /// The first of `ids` that names a live record of `collection`, checked in one read: a
+    /// bulk create's conflict check.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn first_existing(
+        &self,
+        collection: &CollectionName,
+        ids: &[&RecordId],
+    ) -> Result<Option<RecordId>, VaultError> {
+        self.records.first_existing(collection, ids)
+    }
+
     /// The stored (still sealed) record.
     ///
     /// # Errors
     /// [`VaultError::NotFound`], storage failures.
     pub fn load(&self, collection: &CollectionName, id: &RecordId) -> Result<StoredRecord, VaultError> {
         self.records.get(collection, id)?.ok_or_else(|| VaultError::NotFound(format!("{collection}/{id}")))
+    }
+
+    /// Several stored records in one read, in order; `None` for an id with no record.
+    ///
+    /// # Errors
+    /// [`VaultError::Erased`] if one is a tombstone, storage failures.
+    pub fn load_many(
+        &self,
+        collection: &CollectionName,
+        ids: &[RecordId],
+    ) -> Result<Vec<Option<StoredRecord>>, VaultError> {
+        self.records.get_many(collection, ids)
     }
 
     /// Opens the fields of `record` whose class `permitted` accepts. No other field is
@@ -391,8 +467,24 @@ impl Vault {
         record: &StoredRecord,
         permitted: impl Fn(&DataClass) -> bool,
     ) -> Result<OpenedRecord, VaultError> {
+        self.open_with(schema, collection, id, record, permitted, &mut OpenKeys::default())
+    }
+
+    /// [`Vault::open`], taking subjects' keys from `keys` and leaving the ones it unwraps
+    /// there, so one request reading many records of a subject unwraps its key once.
+    ///
+    /// # Errors
+    /// As [`Vault::open`].
+    pub fn open_with(
+        &self,
+        schema: &Schema,
+        collection: &CollectionName,
+        id: &RecordId,
+        record: &StoredRecord,
+        permitted: impl Fn(&DataClass) -> bool,
+        keys: &mut OpenKeys,
+    ) -> Result<OpenedRecord, VaultError> {
         let (_, coll) = schema.collection(collection.as_str()).map_err(|e| VaultError::NotFound(e.to_string()))?;
-        let mut dek: Option<DataKey> = None;
         let mut fields = BTreeMap::new();
         for (fname, spec) in &coll.fields {
             if !permitted(&spec.class) {
@@ -402,14 +494,14 @@ impl Vault {
             let json = match stored {
                 StoredValue::Plain(bytes) => bytes.clone(),
                 StoredValue::Sealed(sealed) => {
-                    if dek.is_none() {
+                    if !keys.0.contains_key(&record.subject) {
                         let (version, k, _) = self.subject_dek(&record.subject, false)?;
-                        if version != record.key_version {
-                            return Err(VaultError::Integrity(format!("key version of `{collection}/{id}`")));
-                        }
-                        dek = Some(k);
+                        keys.0.insert(record.subject.clone(), (version, k));
                     }
-                    let Some(k) = dek.as_ref() else { continue };
+                    let Some((version, k)) = keys.0.get(&record.subject) else { continue };
+                    if *version != record.key_version {
+                        return Err(VaultError::Integrity(format!("key version of `{collection}/{id}`")));
+                    }
                     let ctx = FieldContext {
                         collection: collection.as_str(),
                         record: id.as_str(),
@@ -734,6 +826,56 @@ searchable = true
         let (c, r) = ids("profiles", id);
         let rec = f.vault.load(&c, &r)?;
         f.vault.open(&f.schema, &c, &r, &rec, |_| true)
+    }
+
+    fn new_records(f: &Fixture, from: usize, to: usize, subjects: usize) -> Vec<NewRecord> {
+        let c = CollectionName::new("profiles").unwrap();
+        (from..to)
+            .map(|i| {
+                let body = serde_json::json!({"email": format!("e{i}@x"), "phone": "555", "handle": format!("h{i}")});
+                NewRecord {
+                    id: RecordId::new(format!("b{i}")).unwrap(),
+                    subject: SubjectId::new(format!("s{}", i % subjects)).unwrap(),
+                    jurisdiction: Jurisdiction::new("US").unwrap(),
+                    fields: f.schema.validate_fields(&c, body.as_object().unwrap(), false).unwrap(),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn concurrent_bulk_creates_commit_together_and_a_conflicting_one_is_refused_alone() {
+        let f = Arc::new(fixture());
+        let c = CollectionName::new("profiles").unwrap();
+        // Enough records per batch that sealing is spread over threads.
+        let batches: Vec<Vec<NewRecord>> = (0..6).map(|b| new_records(&f, b * 300, (b + 1) * 300, 450)).collect();
+        let threads: Vec<_> = batches
+            .into_iter()
+            .map(|batch| {
+                let f = f.clone();
+                std::thread::spawn(move || {
+                    f.vault.create_many(&f.schema, &CollectionName::new("profiles").unwrap(), &batch)
+                })
+            })
+            .collect();
+        let mut created = 0;
+        for t in threads {
+            created += t.join().unwrap().unwrap().iter().flatten().count();
+        }
+        assert_eq!(created, 450, "each subject's key is created once, by whichever batch came first");
+        // One record of this batch exists already: none of it is written.
+        let clash = new_records(&f, 1799, 1900, 1000);
+        assert!(matches!(f.vault.create_many(&f.schema, &c, &clash), Err(VaultError::AlreadyExists(_))));
+        assert!(matches!(f.vault.load(&c, &RecordId::new("b1850").unwrap()), Err(VaultError::NotFound(_))));
+        for i in [0, 299, 300, 1799] {
+            let opened = open_all(&f, &format!("b{i}")).unwrap();
+            assert_eq!(opened.fields[&FieldName::new("email").unwrap()], format!("e{i}@x"));
+        }
+        let ids: Vec<RecordId> = ["b1", "nope", "b2"].iter().map(|i| RecordId::new(*i).unwrap()).collect();
+        let loaded = f.vault.load_many(&c, &ids).unwrap();
+        assert!(loaded[0].is_some() && loaded[1].is_none() && loaded[2].is_some());
+        let refs: Vec<&RecordId> = ids.iter().collect();
+        assert_eq!(f.vault.first_existing(&c, &refs[1..]).unwrap(), Some(ids[2].clone()));
     }
 
     #[test]
