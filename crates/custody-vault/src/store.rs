@@ -177,6 +177,15 @@ pub trait KeyStore: Send + Sync {
     /// [`VaultError::Storage`] or [`VaultError::Corrupt`].
     fn subject_key(&self, subject: &SubjectId) -> Result<Option<KeyState>, VaultError>;
 
+    /// The key states of `subjects`, in order, read in one transaction (or round trip) where
+    /// the store can, so a bulk reader pays for one lookup per page rather than per record.
+    ///
+    /// # Errors
+    /// [`VaultError::Storage`] or [`VaultError::Corrupt`].
+    fn subject_keys(&self, subjects: &[&SubjectId]) -> Result<Vec<Option<KeyState>>, VaultError> {
+        subjects.iter().map(|s| self.subject_key(s)).collect()
+    }
+
     /// Stores `key` unless the subject already has a state; returns the state in force.
     ///
     /// # Errors

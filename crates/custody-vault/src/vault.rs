@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use serde_json::Value;
+use zeroize::Zeroizing;
 
 use custody_core::{CollectionName, DataClass, FieldName, Jurisdiction, RecordId, Schema, SubjectId, ValidatedFields};
 use custody_crypto::{
@@ -69,6 +70,19 @@ pub struct RotationProgress {
     pub total: u64,
     /// Every subject key was looked at: the rotation can be finished.
     pub scanned_all: bool,
+}
+
+/// The key states of one page's subjects, read together by [`Vault::page_keys`], and the
+/// DEKs unwrapped from them so far (each at most once). Zeroized on drop with the DEKs.
+pub struct PageKeys {
+    states: HashMap<SubjectId, Option<KeyState>>,
+    deks: HashMap<SubjectId, (u32, DataKey)>,
+}
+
+impl std::fmt::Debug for PageKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PageKeys").field("subjects", &self.states.len()).finish_non_exhaustive()
+    }
 }
 
 /// Encrypted records over a record store and a key store.
@@ -391,19 +405,102 @@ impl Vault {
         record: &StoredRecord,
         permitted: impl Fn(&DataClass) -> bool,
     ) -> Result<OpenedRecord, VaultError> {
+        self.open_fields(
+            schema,
+            collection,
+            id,
+            record,
+            |_, class| permitted(class),
+            || {
+                let (version, k, _) = self.subject_dek(&record.subject, false)?;
+                Ok((version, k))
+            },
+        )
+    }
+
+    /// Reads the key states of `subjects` (one key-store call) for opening a page of records
+    /// with [`Vault::open_in_page`]: a bulk reader then reads and unwraps each subject's DEK
+    /// at most once per page instead of once per record.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn page_keys<'a>(&self, subjects: impl IntoIterator<Item = &'a SubjectId>) -> Result<PageKeys, VaultError> {
+        let mut wanted: Vec<&SubjectId> = subjects.into_iter().collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let states = self.keys.subject_keys(&wanted)?;
+        if states.len() != wanted.len() {
+            return Err(VaultError::Storage("key store answered for the wrong number of subjects".into()));
+        }
+        let states = wanted.into_iter().cloned().zip(states).collect();
+        Ok(PageKeys { states, deks: HashMap::new() })
+    }
+
+    /// Opens the fields of `record` that `wanted` accepts (by field name and class), like
+    /// [`Vault::open`], taking the subject's DEK from `keys`: unwrapped on the first sealed
+    /// field of that subject in the page and reused after. No field `wanted` refuses is
+    /// decrypted, so an export decrypts only the fields its plan reads.
+    ///
+    /// # Errors
+    /// As [`Vault::open`]; [`VaultError::Integrity`] if `keys` was read for other subjects.
+    pub fn open_in_page(
+        &self,
+        keys: &mut PageKeys,
+        schema: &Schema,
+        collection: &CollectionName,
+        id: &RecordId,
+        record: &StoredRecord,
+        wanted: impl Fn(&FieldName, &DataClass) -> bool,
+    ) -> Result<OpenedRecord, VaultError> {
+        let subject = &record.subject;
+        self.open_fields(schema, collection, id, record, wanted, || {
+            if let Some((version, k)) = keys.deks.get(subject) {
+                return Ok((*version, k.clone()));
+            }
+            let state = keys
+                .states
+                .get(subject)
+                .ok_or_else(|| VaultError::Integrity(format!("key of subject `{subject}` was not read")))?;
+            match state {
+                Some(KeyState::Active(k)) => {
+                    let dek = self
+                        .provider
+                        .unwrap(&dek_context(subject, k.version), &k.wrapped)
+                        .map_err(|_| VaultError::Integrity(format!("key of subject `{subject}`")))?;
+                    keys.deks.insert(subject.clone(), (k.version, dek.clone()));
+                    Ok((k.version, dek))
+                }
+                Some(KeyState::Destroyed { .. }) => Err(VaultError::Erased(subject.to_string())),
+                None => Err(VaultError::Integrity(format!("missing key of subject `{subject}`"))),
+            }
+        })
+    }
+
+    /// The shared body of [`Vault::open`] and [`Vault::open_in_page`]: `dek` is called at
+    /// most once, for the first sealed field `wanted` accepts.
+    fn open_fields(
+        &self,
+        schema: &Schema,
+        collection: &CollectionName,
+        id: &RecordId,
+        record: &StoredRecord,
+        wanted: impl Fn(&FieldName, &DataClass) -> bool,
+        mut dek_of: impl FnMut() -> Result<(u32, DataKey), VaultError>,
+    ) -> Result<OpenedRecord, VaultError> {
         let (_, coll) = schema.collection(collection.as_str()).map_err(|e| VaultError::NotFound(e.to_string()))?;
         let mut dek: Option<DataKey> = None;
         let mut fields = BTreeMap::new();
         for (fname, spec) in &coll.fields {
-            if !permitted(&spec.class) {
+            if !wanted(fname, &spec.class) {
                 continue;
             }
             let Some(stored) = record.fields.get(fname.as_str()) else { continue };
+            let opened;
             let json = match stored {
-                StoredValue::Plain(bytes) => bytes.clone(),
+                StoredValue::Plain(bytes) => bytes.as_slice(),
                 StoredValue::Sealed(sealed) => {
                     if dek.is_none() {
-                        let (version, k, _) = self.subject_dek(&record.subject, false)?;
+                        let (version, k) = dek_of()?;
                         if version != record.key_version {
                             return Err(VaultError::Integrity(format!("key version of `{collection}/{id}`")));
                         }
@@ -416,8 +513,11 @@ impl Vault {
                         field: fname.as_str(),
                         key_version: KeyVersion(record.key_version),
                     };
-                    open_field(k, &ctx, sealed)
-                        .map_err(|_| VaultError::Integrity(format!("field `{fname}` of `{collection}/{id}`")))?
+                    opened = Zeroizing::new(
+                        open_field(k, &ctx, sealed)
+                            .map_err(|_| VaultError::Integrity(format!("field `{fname}` of `{collection}/{id}`")))?,
+                    );
+                    opened.as_slice()
                 }
             };
             if schema.is_encrypted(&spec.class) && matches!(stored, StoredValue::Plain(_)) {
@@ -425,7 +525,7 @@ impl Vault {
                 return Err(VaultError::Integrity(format!("field `{fname}` of `{collection}/{id}` is not sealed")));
             }
             let value: Value =
-                serde_json::from_slice(&json).map_err(|_| VaultError::Corrupt(format!("{collection}/{id}")))?;
+                serde_json::from_slice(json).map_err(|_| VaultError::Corrupt(format!("{collection}/{id}")))?;
             fields.insert(fname.clone(), value);
         }
         Ok(OpenedRecord { fields })
