@@ -522,6 +522,10 @@ pub fn scan_pipelined<W: Write>(
         let (work_rx, stop) = (&work_rx, &stop);
         let (done_tx, done_rx) = mpsc::sync_channel::<(u64, Result<Done, GuardError>)>(in_flight);
         let (token_tx, token_rx) = mpsc::sync_channel::<()>(in_flight);
+        // Opened pages go back to the reader to be freed: the records were allocated on its
+        // thread, and freeing them there keeps the opening threads off its allocator arena
+        // (glibc locks the owning arena on a foreign free). At most `in_flight` wait here.
+        let (spent_tx, spent_rx) = mpsc::sync_channel::<Vec<(RecordId, StoredRecord)>>(in_flight);
         for _ in 0..in_flight {
             let _ = token_tx.send(());
         }
@@ -534,6 +538,7 @@ pub fn scan_pipelined<W: Write>(
                 if token_rx.recv().is_err() || stop.load(Ordering::Relaxed) {
                     return;
                 }
+                spent_rx.try_iter().for_each(drop);
                 let page = match vault.scan(cname, after.as_ref(), PAGE) {
                     Ok(p) => p,
                     Err(e) => {
@@ -550,7 +555,7 @@ pub fn scan_pipelined<W: Write>(
         });
         let open_page = &open_page;
         for _ in 0..workers {
-            let done_tx = done_tx.clone();
+            let (done_tx, spent_tx) = (done_tx.clone(), spent_tx.clone());
             scope.spawn(move || {
                 loop {
                     // The lock is held only to take the next page, never while opening it.
@@ -559,13 +564,16 @@ pub fn scan_pipelined<W: Write>(
                     if stop.load(Ordering::Relaxed) {
                         return;
                     }
-                    if done_tx.send((seq, open_page(&page))).is_err() {
+                    let done = open_page(&page);
+                    // A full return queue (the reader gone, or behind) frees here instead.
+                    let _ = spent_tx.try_send(page);
+                    if done_tx.send((seq, done)).is_err() {
                         return;
                     }
                 }
             });
         }
-        drop(done_tx);
+        drop((done_tx, spent_tx));
 
         // The writer: pages in order, whatever order the opening threads finish in.
         let mut pending: BTreeMap<u64, Result<Done, GuardError>> = BTreeMap::new();
