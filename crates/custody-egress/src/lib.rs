@@ -18,6 +18,10 @@
 //! - [`BudgetStore`]: each destination's spent epsilon, durably committed before any noisy
 //!   output exists, so neither a crash nor a restart refunds budget.
 //!
+//! - [`RowFormatter`]: the per-record half of a row export, shareable across threads, so a
+//!   scan can format pages in parallel and hand [`FormattedRows`] to the [`Exporter`] in
+//!   order, for exactly the bytes pushing each record would give.
+//!
 //! Memory is bounded by one row (row exports) or by the number of groups (aggregates,
 //! capped at [`MAX_GROUPS`]), never by the number of records.
 
@@ -32,7 +36,7 @@ mod transform;
 pub use aggregate::{MAX_GROUPS, Mechanism, NoiseSpec};
 pub use budget::BudgetStore;
 pub use error::EgressError;
-pub use output::{DigestWriter, Exporter, Summary};
+pub use output::{DigestWriter, Exporter, FormattedRows, RowFormatter, Summary};
 pub use profile::{Profile, Profiles, Transform};
 pub use request::{AggregateSpec, Column, ExportRequest, Filter, OutputFormat, Plan, PlanKind, SumColumn, SumSpec};
 pub use transform::{Pseudonymiser, epoch_at, generalise};

@@ -67,27 +67,50 @@ pub struct Summary {
     pub sha256: String,
 }
 
-/// Turns opened records into the export's output, one record at a time.
+/// The per-record half of a row export: filter, transform and format one record as its
+/// NDJSON line. It holds no output, so worker threads can share one (it is `Sync`) and
+/// format pages in parallel while an [`Exporter`] of the same plan appends their
+/// [`FormattedRows`] in order; the bytes are exactly those [`Exporter::push`] writes.
 #[derive(Debug)]
-pub struct Exporter<'p, W: Write> {
+pub struct RowFormatter<'p> {
     plan: &'p Plan,
     pseudo: Option<Pseudonymiser>,
-    out: DigestWriter<W>,
     /// `"field":` prefixes of row columns, serialised once.
     keys: Vec<Vec<u8>>,
-    line: Vec<u8>,
-    rows: u64,
-    filtered: u64,
-    groups: Aggregator,
 }
 
-impl<'p, W: Write> Exporter<'p, W> {
-    /// An exporter for `plan` writing to `out`; `pseudo` is required when the plan
-    /// pseudonymises.
+/// Lines formatted by a [`RowFormatter`], for [`Exporter::push_formatted`]: the bytes, how
+/// many rows they hold and how many records the filter dropped.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct FormattedRows {
+    bytes: Vec<u8>,
+    rows: u64,
+    filtered: u64,
+}
+
+impl FormattedRows {
+    /// An empty batch with room for `bytes` bytes of lines.
+    pub fn with_capacity(bytes: usize) -> Self {
+        Self { bytes: Vec::with_capacity(bytes), rows: 0, filtered: 0 }
+    }
+
+    /// The lines so far.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Rows so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+}
+
+impl<'p> RowFormatter<'p> {
+    /// A formatter for `plan`; `pseudo` is required when the plan pseudonymises.
     ///
     /// # Errors
     /// [`EgressError::BadRequest`] if the plan needs pseudonyms and no key was given.
-    pub fn new(plan: &'p Plan, pseudo: Option<Pseudonymiser>, out: W) -> Result<Self, EgressError> {
+    pub fn new(plan: &'p Plan, pseudo: Option<Pseudonymiser>) -> Result<Self, EgressError> {
         if plan.pseudonymises() && pseudo.is_none() {
             return Err(EgressError::BadRequest("this export needs a pseudonym key".into()));
         }
@@ -102,16 +125,12 @@ impl<'p, W: Write> Exporter<'p, W> {
                 .collect(),
             PlanKind::Aggregate { .. } => Vec::new(),
         };
-        Ok(Self {
-            plan,
-            pseudo,
-            out: DigestWriter::new(out),
-            keys,
-            line: Vec::with_capacity(512),
-            rows: 0,
-            filtered: 0,
-            groups: Aggregator::default(),
-        })
+        Ok(Self { plan, pseudo, keys })
+    }
+
+    /// The plan this formatter serves.
+    pub fn plan(&self) -> &'p Plan {
+        self.plan
     }
 
     fn apply(&self, c: &Column, v: &Value) -> Value {
@@ -122,49 +141,144 @@ impl<'p, W: Write> Exporter<'p, W> {
         }
     }
 
+    /// Whether the record passes the plan's filter (always, without one).
+    pub fn selects(&self, fields: &BTreeMap<FieldName, Value>) -> bool {
+        match &self.plan.filter {
+            Some((c, want)) => &self.apply(c, fields.get(&c.field).unwrap_or(&Value::Null)) == want,
+            None => true,
+        }
+    }
+
+    /// Appends the record's line to `out` if it passes the filter, else counts it filtered.
+    /// For an aggregate plan nothing is appended (aggregates go through [`Exporter::push`]).
+    ///
+    /// # Errors
+    /// [`EgressError::Io`] if a value cannot be serialised.
+    pub fn format(
+        &self,
+        subject: &str,
+        fields: &BTreeMap<FieldName, Value>,
+        out: &mut FormattedRows,
+    ) -> Result<(), EgressError> {
+        if !self.selects(fields) {
+            out.filtered += 1;
+            return Ok(());
+        }
+        let PlanKind::Rows { columns, subject: with_subject } = &self.plan.kind else { return Ok(()) };
+        let line = &mut out.bytes;
+        line.push(b'{');
+        for (i, (c, key)) in columns.iter().zip(&self.keys).enumerate() {
+            if i > 0 {
+                line.push(b',');
+            }
+            line.extend_from_slice(key);
+            let v = fields.get(&c.field).unwrap_or(&Value::Null);
+            match (c.transform, &self.pseudo, v) {
+                // Written in place, byte for byte what serialising `apply`'s value gives:
+                // a passed value as is, a pseudonym as a quoted hex string.
+                (Transform::Pass, _, v) => serde_json::to_writer(&mut *line, v).map_err(std::io::Error::other)?,
+                (Transform::Pseudonymise, Some(p), v) if !v.is_null() => {
+                    line.push(b'"');
+                    match v {
+                        Value::String(s) => p.write_text(c.field.as_str(), s.as_bytes(), line),
+                        other => p.write_text(c.field.as_str(), other.to_string().as_bytes(), line),
+                    }
+                    line.push(b'"');
+                }
+                _ => serde_json::to_writer(&mut *line, &self.apply(c, v)).map_err(std::io::Error::other)?,
+            }
+        }
+        if *with_subject && let Some(p) = &self.pseudo {
+            if !columns.is_empty() {
+                line.push(b',');
+            }
+            line.extend_from_slice(b"\"_subject\":\"");
+            p.write_text("_subject", subject.as_bytes(), line);
+            line.push(b'"');
+        }
+        line.extend_from_slice(b"}\n");
+        out.rows += 1;
+        Ok(())
+    }
+}
+
+/// Turns opened records into the export's output, one record at a time.
+#[derive(Debug)]
+pub struct Exporter<'p, W: Write> {
+    format: RowFormatter<'p>,
+    out: DigestWriter<W>,
+    line: FormattedRows,
+    rows: u64,
+    filtered: u64,
+    groups: Aggregator,
+}
+
+impl<'p, W: Write> Exporter<'p, W> {
+    /// An exporter for `plan` writing to `out`; `pseudo` is required when the plan
+    /// pseudonymises.
+    ///
+    /// # Errors
+    /// [`EgressError::BadRequest`] if the plan needs pseudonyms and no key was given.
+    pub fn new(plan: &'p Plan, pseudo: Option<Pseudonymiser>, out: W) -> Result<Self, EgressError> {
+        Ok(Self {
+            format: RowFormatter::new(plan, pseudo)?,
+            out: DigestWriter::new(out),
+            line: FormattedRows::with_capacity(512),
+            rows: 0,
+            filtered: 0,
+            groups: Aggregator::default(),
+        })
+    }
+
+    /// The row formatter of this export's plan, to format rows on other threads for
+    /// [`Exporter::push_formatted`].
+    pub fn formatter(&self) -> &RowFormatter<'p> {
+        &self.format
+    }
+
     /// Adds one record (its subject and its opened fields) to the export.
     ///
     /// # Errors
     /// [`EgressError::Io`] when writing fails, [`EgressError::TooManyGroups`].
     pub fn push(&mut self, subject: &str, fields: &BTreeMap<FieldName, Value>) -> Result<(), EgressError> {
-        let get = |c: &Column| fields.get(&c.field).unwrap_or(&Value::Null);
-        if let Some((c, want)) = &self.plan.filter
-            && &self.apply(c, get(c)) != want
-        {
-            self.filtered += 1;
-            return Ok(());
-        }
-        match &self.plan.kind {
-            PlanKind::Rows { columns, subject: with_subject } => {
-                self.line.clear();
-                self.line.push(b'{');
-                for (i, (c, key)) in columns.iter().zip(&self.keys).enumerate() {
-                    if i > 0 {
-                        self.line.push(b',');
-                    }
-                    self.line.extend_from_slice(key);
-                    let v = self.apply(c, get(c));
-                    serde_json::to_writer(&mut self.line, &v).map_err(std::io::Error::other)?;
-                }
-                if *with_subject && let Some(p) = &self.pseudo {
-                    if !columns.is_empty() {
-                        self.line.push(b',');
-                    }
-                    self.line.extend_from_slice(b"\"_subject\":\"");
-                    self.line.extend_from_slice(p.text("_subject", subject.as_bytes()).as_bytes());
-                    self.line.push(b'"');
-                }
-                self.line.extend_from_slice(b"}\n");
-                self.out.write_all(&self.line)?;
-                self.rows += 1;
+        match &self.format.plan.kind {
+            PlanKind::Rows { .. } => {
+                self.line.bytes.clear();
+                self.line.rows = 0;
+                self.line.filtered = 0;
+                self.format.format(subject, fields, &mut self.line)?;
+                self.out.write_all(&self.line.bytes)?;
+                self.rows += self.line.rows;
+                self.filtered += self.line.filtered;
             }
             PlanKind::Aggregate { group_by, sums, .. } => {
-                let key: Vec<Value> = group_by.iter().map(|c| self.apply(c, get(c))).collect();
+                if !self.format.selects(fields) {
+                    self.filtered += 1;
+                    return Ok(());
+                }
+                let get = |c: &Column| fields.get(&c.field).unwrap_or(&Value::Null);
+                let key: Vec<Value> = group_by.iter().map(|c| self.format.apply(c, get(c))).collect();
                 let values: Vec<(f64, &crate::SumColumn)> =
                     sums.iter().map(|s| (get(&s.column).as_f64().unwrap_or(0.0), s)).collect();
                 self.groups.add(key, &values)?;
             }
         }
+        Ok(())
+    }
+
+    /// Appends rows a [`RowFormatter`] of this plan formatted, as if each record had been
+    /// [`Exporter::push`]ed: call it with batches in record order for the same bytes.
+    ///
+    /// # Errors
+    /// [`EgressError::Io`] when writing fails; [`EgressError::BadRequest`] for an aggregate
+    /// plan, whose records must be pushed.
+    pub fn push_formatted(&mut self, batch: &FormattedRows) -> Result<(), EgressError> {
+        if !matches!(self.format.plan.kind, PlanKind::Rows { .. }) {
+            return Err(EgressError::BadRequest("an aggregate takes records, not formatted rows".into()));
+        }
+        self.out.write_all(&batch.bytes)?;
+        self.rows += batch.rows;
+        self.filtered += batch.filtered;
         Ok(())
     }
 
@@ -175,7 +289,7 @@ impl<'p, W: Write> Exporter<'p, W> {
     /// [`EgressError::Io`].
     pub fn finish<R: Rng>(mut self, rng: &mut R) -> Result<(Summary, W), EgressError> {
         let mut suppressed = 0;
-        if let PlanKind::Aggregate { group_by, sums, k, noise } = &self.plan.kind {
+        if let PlanKind::Aggregate { group_by, sums, k, noise } = &self.format.plan.kind {
             let names: Vec<String> = group_by.iter().map(|c| c.field.to_string()).collect();
             let groups = std::mem::take(&mut self.groups);
             let (released, s) = groups.finish(&names, sums, *k, noise.as_ref(), rng);

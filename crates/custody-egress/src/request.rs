@@ -325,6 +325,12 @@ impl Plan {
         out
     }
 
+    /// The fields the plan reads: the only ones the vault needs to open, even among fields
+    /// of permitted classes (a dropped field is never decrypted).
+    pub fn fields(&self) -> BTreeSet<FieldName> {
+        self.columns().into_iter().map(|c| c.field.clone()).collect()
+    }
+
     /// The data classes Cedar must permit for action `export`, and the vault must open.
     pub fn classes(&self) -> BTreeSet<DataClass> {
         self.columns().into_iter().map(|c| c.class.clone()).collect()

@@ -70,12 +70,23 @@ impl Pseudonymiser {
 
     /// The pseudonym of raw bytes under a domain label (`subject` for subject ids).
     pub fn text(&self, field: &str, bytes: &[u8]) -> String {
+        let mut out = Vec::with_capacity(32);
+        self.write_text(field, bytes, &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// Appends [`Pseudonymiser::text`]'s 32 hex digits to `out` without allocating, for the
+    /// row writer's hot path.
+    pub fn write_text(&self, field: &str, bytes: &[u8], out: &mut Vec<u8>) {
         let mut m = self.mac.clone();
         m.update(field.as_bytes());
         m.update(b"\0");
         m.update(bytes);
         let tag = m.finalize().into_bytes();
-        hex::encode(tag.get(..16).unwrap_or(&tag))
+        let mut hex = [0u8; 32];
+        if hex::encode_to_slice(tag.get(..16).unwrap_or(&tag), &mut hex).is_ok() {
+            out.extend_from_slice(&hex);
+        }
     }
 }
 

@@ -353,6 +353,29 @@ impl KeyStore for PgStore {
         }
     }
 
+    fn subject_keys(&self, subjects: &[&SubjectId]) -> Result<Vec<Option<KeyState>>, VaultError> {
+        let wanted: Vec<String> = subjects.iter().map(|s| s.to_string()).collect();
+        let rows = self.keys.run(move |pool| async move {
+            let client = pool.get().await?;
+            let st = client
+                .prepare_cached("SELECT subject, state FROM custody_keys.subject_keys WHERE subject = ANY($1)")
+                .await?;
+            Ok(client
+                .query(&st, &[&wanted])
+                .await?
+                .iter()
+                .map(|r| (r.get::<_, String>(0), r.get::<_, Vec<u8>>(1)))
+                .collect::<std::collections::HashMap<_, _>>())
+        })?;
+        subjects
+            .iter()
+            .map(|s| match rows.get(s.as_str()) {
+                Some(b) => Ok(Some(decode("subject key", b)?)),
+                None => Ok(None),
+            })
+            .collect()
+    }
+
     fn insert_subject_key(&self, subject: &SubjectId, key: &WrappedKey) -> Result<KeyState, VaultError> {
         let s = subject.to_string();
         let state = encode(&KeyState::Active(key.clone()))?;

@@ -11,14 +11,24 @@
 //! file served. No byte reaches the requester before step 5; if it fails, the spool is
 //! deleted and nothing is released.
 
+use std::collections::BTreeMap;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 
-use custody_core::{Action, CollectionName, Decision, ExportEvent, Jurisdiction, LogEntry, Schema};
-use custody_egress::{BudgetStore, EgressError, ExportRequest, Exporter, Plan, Profiles, Pseudonymiser, Summary};
+use serde_json::Value;
+
+use custody_core::{
+    Action, CollectionName, DataClass, Decision, ExportEvent, FieldName, Jurisdiction, LogEntry, RecordId, Schema,
+    SubjectId,
+};
+use custody_egress::{
+    BudgetStore, EgressError, ExportRequest, Exporter, FormattedRows, Plan, PlanKind, Profiles, Pseudonymiser,
+    RowFormatter, Summary,
+};
 use custody_policy::{ClassDecision, LoadedPolicies, RequestContext, ResourceRef};
-use custody_vault::{Vault, VaultError};
+use custody_vault::{StoredRecord, Vault, VaultError};
 
 use crate::guard::{Caller, GuardError};
 use crate::setup::{DataDir, ServerConfig, ServerState, SetupError};
@@ -336,17 +346,39 @@ fn random_name() -> String {
     hex::encode(b)
 }
 
-/// Scans `plan`'s collection a page at a time, opens only the classes the plan reads, and
+/// Scans `plan`'s collection a page at a time, opens only the fields the plan reads, and
 /// writes the transformed output to `out`. Records of another jurisdiction than `boundary`
 /// (which Cedar decided for) and records of erased subjects are skipped. `progress` gets the
 /// number of records read so far after each page. Returns the summary, the writer and the
 /// number of records skipped.
+///
+/// The work is pipelined over threads (see [`scan_pipelined`]), one opening thread per core;
+/// the bytes written are exactly those of [`scan_sequential`].
 ///
 /// The caller must have had Cedar permit every class of `plan.classes()`.
 ///
 /// # Errors
 /// Storage and integrity errors, writing errors, too many groups.
 pub fn scan<W: Write>(
+    vault: &Vault,
+    schema: &Schema,
+    plan: &Plan,
+    boundary: &Jurisdiction,
+    pseudo: Option<Pseudonymiser>,
+    out: W,
+    progress: impl FnMut(u64),
+) -> Result<(Summary, W, u64), GuardError> {
+    let workers = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+    scan_pipelined(vault, schema, plan, boundary, pseudo, out, workers, progress)
+}
+
+/// The single-threaded scan: one page, one record at a time, every field of a permitted
+/// class opened. It is the reference the pipelined scan must match byte for byte, and the
+/// baseline `custody bench egress` measures it against. Arguments and result as [`scan`].
+///
+/// # Errors
+/// As [`scan`].
+pub fn scan_sequential<W: Write>(
     vault: &Vault,
     schema: &Schema,
     plan: &Plan,
@@ -388,4 +420,343 @@ pub fn scan<W: Write>(
     }
     let (summary, out) = exporter.finish(&mut rand::rngs::OsRng).map_err(bad)?;
     Ok((summary, out, skipped))
+}
+
+/// One page's work, as it comes back from an opening thread.
+struct Done {
+    /// Records read from the vault in this page.
+    read: u64,
+    /// Records skipped (another jurisdiction, erased subject).
+    skipped: u64,
+    /// What to emit.
+    out: PageOut,
+}
+
+/// A page's output: formatted lines (row exports) or opened records (aggregates, which
+/// the writer folds in order so that sums add up in the sequential order).
+enum PageOut {
+    Rows(FormattedRows),
+    Records(Vec<(SubjectId, BTreeMap<FieldName, Value>)>),
+}
+
+/// Pages a scan holds at once per opening thread (queued, being opened, or waiting to be
+/// written in order): memory is bounded by `PAGES_PER_WORKER * workers + 1` pages whatever
+/// the row count.
+const PAGES_PER_WORKER: usize = 2;
+
+/// [`scan`] over `workers` opening threads (at least one):
+///
+/// - a **reader** thread pages sealed records out of the vault, in id order, numbering the
+///   pages; it may run only a bounded number of pages ahead of the writer (it takes a
+///   token per page, and the writer hands one back per page written);
+/// - **opening** threads each take a whole page: read its subjects' key states in one
+///   key-store call, unwrap each subject's DEK once, decrypt only the fields the plan reads,
+///   and transform and format the rows (or, for an aggregate, hand the opened records on);
+/// - the calling thread **writes** pages strictly in page order through the exporter's
+///   hashing writer, so the bytes and their SHA-256 are exactly [`scan_sequential`]'s, and
+///   reports progress. The first error in page order ends the scan; the other threads see
+///   their channels close and stop.
+///
+/// # Errors
+/// As [`scan`].
+#[allow(clippy::too_many_arguments)]
+pub fn scan_pipelined<W: Write>(
+    vault: &Vault,
+    schema: &Schema,
+    plan: &Plan,
+    boundary: &Jurisdiction,
+    pseudo: Option<Pseudonymiser>,
+    out: W,
+    workers: usize,
+    mut progress: impl FnMut(u64),
+) -> Result<(Summary, W, u64), GuardError> {
+    let (cname, _) =
+        schema.collection(&plan.request.collection).map_err(|e| GuardError::UnknownCollection(e.to_string()))?;
+    let workers = workers.max(1);
+    let classes = plan.classes();
+    let fields = plan.fields();
+    let rows = matches!(plan.kind, PlanKind::Rows { .. });
+    let formatter = RowFormatter::new(plan, pseudo.clone()).map_err(bad)?;
+    let mut exporter = Exporter::new(plan, pseudo, out).map_err(bad)?;
+    let in_flight = PAGES_PER_WORKER * workers + 1;
+
+    let open_page = |page: &[(RecordId, StoredRecord)]| -> Result<Done, GuardError> {
+        let mut skipped = 0u64;
+        let mine = |r: &StoredRecord| &r.jurisdiction == boundary;
+        let mut keys = vault.page_keys(page.iter().filter(|(_, r)| mine(r)).map(|(_, r)| &r.subject))?;
+        let mut out = if rows {
+            PageOut::Rows(FormattedRows::with_capacity(page.len() * 256))
+        } else {
+            PageOut::Records(Vec::with_capacity(page.len()))
+        };
+        for (id, stored) in page {
+            if !mine(stored) {
+                skipped += 1;
+                continue;
+            }
+            let wanted = |f: &FieldName, c: &DataClass| fields.contains(f) && classes.contains(c);
+            let opened = match vault.open_in_page(&mut keys, schema, cname, id, stored, wanted) {
+                Ok(o) => o,
+                Err(VaultError::Erased(_)) => {
+                    skipped += 1;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            match &mut out {
+                PageOut::Rows(lines) => {
+                    formatter.format(stored.subject.as_str(), &opened.fields, lines).map_err(bad)?
+                }
+                PageOut::Records(list) => list.push((stored.subject.clone(), opened.fields)),
+            }
+        }
+        Ok(Done { read: page.len() as u64, skipped, out })
+    };
+
+    type Page = (u64, Vec<(RecordId, StoredRecord)>);
+    let (work_tx, work_rx) = mpsc::sync_channel::<Page>(workers);
+    // Opening threads share the queue; each holds the lock only to take the next page.
+    let work_rx = Mutex::new(work_rx);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let (work_rx, stop) = (&work_rx, &stop);
+        let (done_tx, done_rx) = mpsc::sync_channel::<(u64, Result<Done, GuardError>)>(in_flight);
+        let (token_tx, token_rx) = mpsc::sync_channel::<()>(in_flight);
+        // Opened pages go back to the reader to be freed: the records were allocated on its
+        // thread, and freeing them there keeps the opening threads off its allocator arena
+        // (glibc locks the owning arena on a foreign free). At most `in_flight` wait here.
+        let (spent_tx, spent_rx) = mpsc::sync_channel::<Vec<(RecordId, StoredRecord)>>(in_flight);
+        for _ in 0..in_flight {
+            let _ = token_tx.send(());
+        }
+
+        let reader_done = done_tx.clone();
+        scope.spawn(move || {
+            let mut after: Option<RecordId> = None;
+            for seq in 0u64.. {
+                // A token per page in flight; none left, or the flag, means the writer stopped.
+                if token_rx.recv().is_err() || stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                spent_rx.try_iter().for_each(drop);
+                let page = match vault.scan(cname, after.as_ref(), PAGE) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = reader_done.send((seq, Err(e.into())));
+                        return;
+                    }
+                };
+                let full = page.len() == PAGE;
+                after = page.last().map(|(id, _)| id.clone());
+                if work_tx.send((seq, page)).is_err() || !full {
+                    return;
+                }
+            }
+        });
+        let open_page = &open_page;
+        for _ in 0..workers {
+            let (done_tx, spent_tx) = (done_tx.clone(), spent_tx.clone());
+            scope.spawn(move || {
+                loop {
+                    // The lock is held only to take the next page, never while opening it.
+                    let next = work_rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                    let Ok((seq, page)) = next else { return };
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let done = open_page(&page);
+                    // A full return queue (the reader gone, or behind) frees here instead.
+                    let _ = spent_tx.try_send(page);
+                    if done_tx.send((seq, done)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop((done_tx, spent_tx));
+
+        // The writer: pages in order, whatever order the opening threads finish in.
+        let mut pending: BTreeMap<u64, Result<Done, GuardError>> = BTreeMap::new();
+        let (mut next, mut read, mut skipped) = (0u64, 0u64, 0u64);
+        let written = (|| -> Result<(), GuardError> {
+            for (seq, done) in &done_rx {
+                pending.insert(seq, done);
+                while let Some(done) = pending.remove(&next) {
+                    let done = done?;
+                    match &done.out {
+                        PageOut::Rows(lines) => exporter.push_formatted(lines).map_err(bad)?,
+                        PageOut::Records(list) => {
+                            for (subject, fields) in list {
+                                exporter.push(subject.as_str(), fields).map_err(bad)?;
+                            }
+                        }
+                    }
+                    read += done.read;
+                    skipped += done.skipped;
+                    progress(read);
+                    next += 1;
+                    let _ = token_tx.send(());
+                }
+            }
+            if pending.is_empty() { Ok(()) } else { Err(GuardError::Storage("export scan lost a page".into())) }
+        })();
+        // The flag and the closed channels stop the reader and the opening threads.
+        stop.store(true, Ordering::Relaxed);
+        drop(done_rx);
+        drop(token_tx);
+        written?;
+        let (summary, out) = exporter.finish(&mut rand::rngs::OsRng).map_err(bad)?;
+        Ok((summary, out, skipped))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+    use super::*;
+    use custody_crypto::FileKeyProvider;
+    use custody_vault::{NewRecord, RecordStore, RedbStore, StoredValue};
+    use serde_json::json;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: Arc<RedbStore>,
+        vault: Vault,
+        schema: Schema,
+        profiles: Profiles,
+    }
+
+    /// `n` profiles, three per subject, every tenth in Germany; subject `s00002`'s key is
+    /// destroyed without tombstoning its records, so the scan meets an erased subject.
+    fn fixture(n: u64) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("keys")).unwrap();
+        let store = Arc::new(RedbStore::open(dir.path(), &dir.path().join("keys")).unwrap());
+        let provider = Arc::new(FileKeyProvider::create(&dir.path().join("keys/kek")).unwrap());
+        let vault = Vault::new(store.clone(), store.clone(), provider).unwrap();
+        let schema = Schema::from_toml(crate::setup::SAMPLE_SCHEMA).unwrap();
+        let profiles = Profiles::from_toml(crate::setup::SAMPLE_EGRESS, &schema).unwrap();
+        let c = CollectionName::new("profiles").unwrap();
+        let records: Vec<NewRecord> = (0..n)
+            .map(|i| {
+                let body = json!({
+                    "email": format!("user{i}@mail.example"),
+                    "phone": format!("+1-555-{i:07}"),
+                    "birthdate": format!("{}-{:02}-{:02}", 1950 + i % 60, 1 + i % 12, 1 + i % 28),
+                    "precise_location": format!("US-{}-{i}", ["CA", "NY", "TX"][(i % 3) as usize]),
+                    "device_id": format!("dev-{i:012}"),
+                    "handle": format!("user{i}"),
+                    "watch_minutes": (i * 7919) % 10_000,
+                });
+                NewRecord {
+                    id: RecordId::new(format!("u{i:06}")).unwrap(),
+                    subject: SubjectId::new(format!("s{:05}", i / 3)).unwrap(),
+                    jurisdiction: Jurisdiction::new(if i % 10 == 7 { "DE" } else { "US" }).unwrap(),
+                    fields: schema.validate_fields(&c, body.as_object().unwrap(), false).unwrap(),
+                }
+            })
+            .collect();
+        vault.create_many(&schema, &c, &records).unwrap();
+        assert!(vault.destroy_subject_key(&SubjectId::new("s00002").unwrap()).unwrap());
+        Fixture { _dir: dir, store, vault, schema, profiles }
+    }
+
+    fn plan(f: &Fixture, request: Value) -> Plan {
+        let req: ExportRequest = serde_json::from_value(request).unwrap();
+        req.plan(f.profiles.get(&req.profile).unwrap(), &f.schema).unwrap()
+    }
+
+    type Scanned = Result<(Summary, Vec<u8>, u64, Vec<u64>), GuardError>;
+
+    fn sequential(f: &Fixture, plan: &Plan) -> Scanned {
+        let mut seen = Vec::new();
+        let us = Jurisdiction::new("US").unwrap();
+        let pseudo = Some(Pseudonymiser::new(&[5; 32], "global", 1));
+        let (s, out, skipped) = scan_sequential(&f.vault, &f.schema, plan, &us, pseudo, Vec::new(), |n| seen.push(n))?;
+        Ok((s, out, skipped, seen))
+    }
+
+    fn pipelined(f: &Fixture, plan: &Plan, workers: usize) -> Scanned {
+        let mut seen = Vec::new();
+        let us = Jurisdiction::new("US").unwrap();
+        let pseudo = Some(Pseudonymiser::new(&[5; 32], "global", 1));
+        let (s, out, skipped) =
+            scan_pipelined(&f.vault, &f.schema, plan, &us, pseudo, Vec::new(), workers, |n| seen.push(n))?;
+        Ok((s, out, skipped, seen))
+    }
+
+    #[test]
+    fn the_pipelined_scan_writes_exactly_the_sequential_bytes() {
+        // 2,048 records end on a full page (an empty last page); 2,500 do not.
+        for n in [2048, 2500] {
+            let f = fixture(n);
+            let rows = plan(
+                &f,
+                json!({"collection": "profiles", "profile": "global-engagement", "destination": "global", "purpose": "t"}),
+            );
+            let filtered = plan(
+                &f,
+                json!({"collection": "profiles", "profile": "global-engagement", "destination": "global",
+                       "purpose": "t", "filter": {"field": "precise_location", "equals": "US-NY"}}),
+            );
+            let aggregate = plan(
+                &f,
+                json!({"collection": "profiles", "profile": "global-metrics", "destination": "global", "purpose": "t",
+                       "aggregate": {"group_by": ["birthdate"], "sums": [{"field": "watch_minutes", "min": 0, "max": 5000}], "k": 3}}),
+            );
+            for p in [&rows, &filtered, &aggregate] {
+                let want = sequential(&f, p).unwrap();
+                assert!(want.0.rows > 0);
+                // Every i ≡ 7 (mod 10) is German; u000006 and u000008 belong to the erased
+                // subject (as does u000007, already skipped as German).
+                assert_eq!(want.2, (n + 2) / 10 + 2, "skipped");
+                for workers in [1, 2, 3] {
+                    let got = pipelined(&f, p, workers).unwrap();
+                    assert_eq!(got.0, want.0, "summary, {workers} workers, {n} records");
+                    assert!(got.1 == want.1, "bytes, {workers} workers, {n} records");
+                    assert_eq!((got.2, &got.3), (want.2, &want.3), "skipped and progress");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fields_the_plan_drops_are_not_decrypted() {
+        let f = fixture(10);
+        let c = CollectionName::new("profiles").unwrap();
+        let id = RecordId::new("u000001").unwrap();
+        // `phone` is protected, a class the plan reads, but the profile drops it: break its
+        // ciphertext. Opening it would fail authentication.
+        let mut r = f.vault.load(&c, &id).unwrap();
+        let Some(StoredValue::Sealed(b)) = r.fields.get_mut("phone") else { panic!("phone is sealed") };
+        let last = b.len() - 1;
+        b[last] ^= 1;
+        f.store.put(&c, &id, &r, false, &[], &[]).unwrap();
+        let p = plan(
+            &f,
+            json!({"collection": "profiles", "profile": "global-engagement", "destination": "global", "purpose": "t"}),
+        );
+        assert!(matches!(sequential(&f, &p), Err(GuardError::Integrity(_)) | Err(GuardError::Storage(_))));
+        let (summary, out, _, _) = pipelined(&f, &p, 2).unwrap();
+        assert_eq!(summary.rows, 7, "u000006 to u000008 are the erased subject's (u000007 is also German)");
+        assert!(!String::from_utf8(out).unwrap().contains("phone"));
+    }
+
+    #[test]
+    fn a_tampered_field_the_plan_reads_fails_the_pipelined_scan() {
+        let f = fixture(3000);
+        let c = CollectionName::new("profiles").unwrap();
+        let id = RecordId::new("u002001").unwrap();
+        let mut r = f.vault.load(&c, &id).unwrap();
+        let Some(StoredValue::Sealed(b)) = r.fields.get_mut("email") else { panic!("email is sealed") };
+        b[5] ^= 1;
+        f.store.put(&c, &id, &r, false, &[], &[]).unwrap();
+        let p = plan(
+            &f,
+            json!({"collection": "profiles", "profile": "global-engagement", "destination": "global", "purpose": "t"}),
+        );
+        for workers in [1, 2, 3] {
+            assert!(pipelined(&f, &p, workers).is_err(), "{workers} workers");
+        }
+    }
 }

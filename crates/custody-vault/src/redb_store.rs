@@ -31,6 +31,14 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const SUBJECT_INDEX_BUILT: &str = "subject-index-v1";
 const KEK_ROTATION: &str = "kek-rotation";
 
+/// redb's page cache for `records.redb`. redb's default (1 GiB) let a full scan of a million
+/// records grow the process by the size of the table; past this the OS page cache serves
+/// re-reads, so memory stays flat in the number of records (`custody bench egress`).
+const RECORDS_CACHE: usize = 64 << 20;
+/// redb's page cache for `keys.redb`: wrapped keys are small, and a bulk read of them is one
+/// lookup per subject.
+const KEYS_CACHE: usize = 32 << 20;
+
 /// Records, index, principals and keys in two redb files.
 #[derive(Debug)]
 pub struct RedbStore {
@@ -100,11 +108,14 @@ impl RedbStore {
     /// [`VaultError::Storage`] if either file cannot be opened, e.g. because another custody
     /// process holds it.
     pub fn open(records_dir: &Path, keys_dir: &Path) -> Result<Self, VaultError> {
-        let open = |p: &Path| {
-            Database::create(p).map_err(|e| VaultError::Storage(format!("cannot open `{}`: {e}", p.display())))
+        let open = |p: &Path, cache: usize| {
+            Database::builder()
+                .set_cache_size(cache)
+                .create(p)
+                .map_err(|e| VaultError::Storage(format!("cannot open `{}`: {e}", p.display())))
         };
-        let records = open(&records_dir.join("records.redb"))?;
-        let keys = open(&keys_dir.join("keys.redb"))?;
+        let records = open(&records_dir.join("records.redb"), RECORDS_CACHE)?;
+        let keys = open(&keys_dir.join("keys.redb"), KEYS_CACHE)?;
         let w = records.begin_write()?;
         w.open_table(RECORDS)?;
         w.open_table(INDEX)?;
@@ -399,8 +410,16 @@ impl RecordStore for RedbStore {
                 break;
             }
             let (k, v) = entry?;
-            let (_, id) = parse_record_key(k.value())?;
-            out.push((id, decode(&format!("{collection}/record"), v.value())?));
+            // Only this collection's keys are in range: the id is what follows the prefix.
+            let id = k
+                .value()
+                .get(prefix.len()..)
+                .and_then(|raw| std::str::from_utf8(raw).ok())
+                .and_then(|raw| RecordId::new(raw).ok())
+                .ok_or_else(|| VaultError::Corrupt(format!("{collection}/record key")))?;
+            let record =
+                postcard::from_bytes(v.value()).map_err(|_| VaultError::Corrupt(format!("{collection}/{id}")))?;
+            out.push((id, record));
         }
         Ok(out)
     }

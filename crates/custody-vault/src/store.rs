@@ -203,7 +203,7 @@ pub trait KeyStore: Send + Sync {
     fn subject_key(&self, subject: &SubjectId) -> Result<Option<KeyState>, VaultError>;
 
     /// The key states of several subjects, in order: one read where the store can, so a bulk
-    /// create does not pay a transaction per subject.
+    /// create or a page of a scan does not pay a transaction per subject.
     ///
     /// # Errors
     /// [`VaultError::Storage`] or [`VaultError::Corrupt`].

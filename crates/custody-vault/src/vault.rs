@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use serde_json::Value;
+use zeroize::Zeroizing;
 
 use custody_core::{CollectionName, DataClass, FieldName, Jurisdiction, RecordId, Schema, SubjectId, ValidatedFields};
 use custody_crypto::{
@@ -50,11 +51,22 @@ pub struct OpenedRecord {
     pub fields: BTreeMap<FieldName, Value>,
 }
 
-/// Subjects' DEKs unwrapped while serving one request (see [`Vault::open_with`]). It lives
-/// only as long as the request, so an erasure is never outlived by a cached key; the keys
-/// are zeroized when it is dropped.
-#[derive(Debug, Default)]
-pub struct OpenKeys(HashMap<SubjectId, (u32, DataKey)>);
+/// Subjects' DEKs unwrapped while serving one request or one page of a scan (see
+/// [`Vault::open_with`], [`Vault::page_keys`]): each subject's key is read and unwrapped at
+/// most once. It lives only as long as the request or page, so an erasure is never outlived
+/// by a cached key; the keys are zeroized when it is dropped.
+#[derive(Default)]
+pub struct OpenKeys {
+    /// Key states read ahead for a page; subjects not here are read when first needed.
+    read: HashMap<SubjectId, Option<KeyState>>,
+    deks: HashMap<SubjectId, (u32, DataKey)>,
+}
+
+impl std::fmt::Debug for OpenKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenKeys").field("read", &self.read.len()).field("unwrapped", &self.deks.len()).finish()
+    }
+}
 
 /// What an erasure did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -484,32 +496,119 @@ impl Vault {
         permitted: impl Fn(&DataClass) -> bool,
         keys: &mut OpenKeys,
     ) -> Result<OpenedRecord, VaultError> {
+        self.open_fields(
+            schema,
+            collection,
+            id,
+            record,
+            |_, class| permitted(class),
+            || self.dek_in(keys, &record.subject),
+        )
+    }
+
+    /// Reads the key states of `subjects` in one key-store call, for opening a page of
+    /// records with [`Vault::open_in_page`]: a bulk reader then pays one key lookup per page
+    /// and one unwrap per subject, instead of both per record.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn page_keys<'a>(&self, subjects: impl IntoIterator<Item = &'a SubjectId>) -> Result<OpenKeys, VaultError> {
+        let mut wanted: Vec<&SubjectId> = subjects.into_iter().collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let states = self.keys.subject_keys(&wanted)?;
+        if states.len() != wanted.len() {
+            return Err(VaultError::Storage("key store answered for the wrong number of subjects".into()));
+        }
+        let read = wanted.into_iter().cloned().zip(states).collect();
+        Ok(OpenKeys { read, deks: HashMap::new() })
+    }
+
+    /// Opens the fields of `record` that `wanted` accepts (by field name and class), like
+    /// [`Vault::open_with`]. No field `wanted` refuses is decrypted, so an export decrypts
+    /// only the fields its plan reads.
+    ///
+    /// # Errors
+    /// As [`Vault::open`].
+    pub fn open_in_page(
+        &self,
+        keys: &mut OpenKeys,
+        schema: &Schema,
+        collection: &CollectionName,
+        id: &RecordId,
+        record: &StoredRecord,
+        wanted: impl Fn(&FieldName, &DataClass) -> bool,
+    ) -> Result<OpenedRecord, VaultError> {
+        self.open_fields(schema, collection, id, record, wanted, || self.dek_in(keys, &record.subject))
+    }
+
+    /// `subject`'s DEK from `keys`, unwrapped from the state read ahead or read now, and kept
+    /// there for the next record of the subject.
+    fn dek_in(&self, keys: &mut OpenKeys, subject: &SubjectId) -> Result<(u32, DataKey), VaultError> {
+        if let Some((version, k)) = keys.deks.get(subject) {
+            return Ok((*version, k.clone()));
+        }
+        let (version, dek) = match keys.read.get(subject) {
+            None => {
+                let (version, k, _) = self.subject_dek(subject, false)?;
+                (version, k)
+            }
+            Some(Some(KeyState::Active(k))) => {
+                let dek = self
+                    .provider
+                    .unwrap(&dek_context(subject, k.version), &k.wrapped)
+                    .map_err(|_| VaultError::Integrity(format!("key of subject `{subject}`")))?;
+                (k.version, dek)
+            }
+            Some(Some(KeyState::Destroyed { .. })) => return Err(VaultError::Erased(subject.to_string())),
+            Some(None) => return Err(VaultError::Integrity(format!("missing key of subject `{subject}`"))),
+        };
+        keys.deks.insert(subject.clone(), (version, dek.clone()));
+        Ok((version, dek))
+    }
+
+    /// The shared body of the `open` family: `dek_of` is called at most once, for the first
+    /// sealed field `wanted` accepts.
+    fn open_fields(
+        &self,
+        schema: &Schema,
+        collection: &CollectionName,
+        id: &RecordId,
+        record: &StoredRecord,
+        wanted: impl Fn(&FieldName, &DataClass) -> bool,
+        mut dek_of: impl FnMut() -> Result<(u32, DataKey), VaultError>,
+    ) -> Result<OpenedRecord, VaultError> {
         let (_, coll) = schema.collection(collection.as_str()).map_err(|e| VaultError::NotFound(e.to_string()))?;
+        let mut dek: Option<DataKey> = None;
         let mut fields = BTreeMap::new();
         for (fname, spec) in &coll.fields {
-            if !permitted(&spec.class) {
+            if !wanted(fname, &spec.class) {
                 continue;
             }
             let Some(stored) = record.fields.get(fname.as_str()) else { continue };
+            let opened;
             let json = match stored {
-                StoredValue::Plain(bytes) => bytes.clone(),
+                StoredValue::Plain(bytes) => bytes.as_slice(),
                 StoredValue::Sealed(sealed) => {
-                    if !keys.0.contains_key(&record.subject) {
-                        let (version, k, _) = self.subject_dek(&record.subject, false)?;
-                        keys.0.insert(record.subject.clone(), (version, k));
+                    if dek.is_none() {
+                        let (version, k) = dek_of()?;
+                        if version != record.key_version {
+                            return Err(VaultError::Integrity(format!("key version of `{collection}/{id}`")));
+                        }
+                        dek = Some(k);
                     }
-                    let Some((version, k)) = keys.0.get(&record.subject) else { continue };
-                    if *version != record.key_version {
-                        return Err(VaultError::Integrity(format!("key version of `{collection}/{id}`")));
-                    }
+                    let Some(k) = dek.as_ref() else { continue };
                     let ctx = FieldContext {
                         collection: collection.as_str(),
                         record: id.as_str(),
                         field: fname.as_str(),
                         key_version: KeyVersion(record.key_version),
                     };
-                    open_field(k, &ctx, sealed)
-                        .map_err(|_| VaultError::Integrity(format!("field `{fname}` of `{collection}/{id}`")))?
+                    opened = Zeroizing::new(
+                        open_field(k, &ctx, sealed)
+                            .map_err(|_| VaultError::Integrity(format!("field `{fname}` of `{collection}/{id}`")))?,
+                    );
+                    opened.as_slice()
                 }
             };
             if schema.is_encrypted(&spec.class) && matches!(stored, StoredValue::Plain(_)) {
@@ -517,7 +616,7 @@ impl Vault {
                 return Err(VaultError::Integrity(format!("field `{fname}` of `{collection}/{id}` is not sealed")));
             }
             let value: Value =
-                serde_json::from_slice(&json).map_err(|_| VaultError::Corrupt(format!("{collection}/{id}")))?;
+                serde_json::from_slice(json).map_err(|_| VaultError::Corrupt(format!("{collection}/{id}")))?;
             fields.insert(fname.clone(), value);
         }
         Ok(OpenedRecord { fields })
