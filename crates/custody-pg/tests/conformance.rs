@@ -198,6 +198,24 @@ fn subject_keys_are_created_once_and_destroyed(b: Backend) {
     assert!(!format!("{:?}", f.keys.subject_key(&s).unwrap()).contains("wrapped"));
 }
 
+fn subject_keys_are_read_together_in_the_order_asked(b: Backend) {
+    let f = Fixture::new(b);
+    let [live, gone, never] = ["live", "gone", "never"].map(|s| SubjectId::new(s).unwrap());
+    let k = WrappedKey { version: 1, wrapped: vec![7; 60] };
+    f.keys.insert_subject_keys(&[(live.clone(), k.clone()), (gone.clone(), k.clone())]).unwrap();
+    assert!(f.keys.destroy_subject_key(&gone).unwrap());
+    assert_eq!(
+        f.keys.subject_keys(&[&never, &live, &gone, &live]).unwrap(),
+        vec![
+            None,
+            Some(KeyState::Active(k.clone())),
+            Some(KeyState::Destroyed { version: 1 }),
+            Some(KeyState::Active(k))
+        ]
+    );
+    assert_eq!(f.keys.subject_keys(&[]).unwrap(), vec![]);
+}
+
 fn concurrent_key_creation_agrees(b: Backend) {
     let f = Fixture::new(b);
     let s = SubjectId::new("racy").unwrap();
@@ -437,6 +455,7 @@ conformance!(
     batch_created_records_belong_to_their_subject,
     blind_index_follows_writes,
     subject_keys_are_created_once_and_destroyed,
+    subject_keys_are_read_together_in_the_order_asked,
     concurrent_key_creation_agrees,
     system_keys_are_created_once,
     principals_are_replaced_and_listed_in_order,
