@@ -117,6 +117,72 @@ impl Lists {
         }
     }
 
+    /// The lists of `keys`, in order: fresh ones from the cache, and every one this request
+    /// gets to refresh loaded together by one `load` call (given the keys to load, answering
+    /// a list per key). A list another request is refreshing is taken stale if there is one,
+    /// or waited for otherwise (and loaded alone if that refresh failed).
+    async fn get_many<F, Fut>(&self, keys: &[String], load: F) -> Result<Vec<Arc<Vec<Ranked>>>, ClipsError>
+    where
+        F: Fn(Vec<String>) -> Fut,
+        Fut: std::future::Future<Output = Result<HashMap<String, Vec<Video>>, ClipsError>>,
+    {
+        let slots: Vec<Arc<Slot>> = keys.iter().map(|k| self.slot(k)).collect();
+        let mut out: Vec<Option<Arc<Vec<Ranked>>>> = vec![None; keys.len()];
+        let mut mine = Vec::new();
+        let mut others = Vec::new();
+        for (i, (slot, have)) in slots.iter().zip(out.iter_mut()).enumerate() {
+            let (cached, fresh) = self.fresh(slot);
+            if let (Some(v), true) = (&cached, fresh) {
+                *have = Some(v.clone());
+                continue;
+            }
+            match (cached, slot.refresh.try_lock()) {
+                (_, Ok(guard)) => mine.push((i, guard)),
+                // Someone is refreshing it: the previous list will do meanwhile.
+                (Some(stale), Err(_)) => *have = Some(stale),
+                (None, Err(_)) => others.push(i),
+            }
+        }
+        if !mine.is_empty() {
+            let wanted: Vec<String> = mine.iter().filter_map(|(i, _)| keys.get(*i).cloned()).collect();
+            let mut loaded = load(wanted).await?;
+            // The refresh locks are released only once every list is stored.
+            for (i, _guard) in &mine {
+                let (Some(key), Some(slot)) = (keys.get(*i), slots.get(*i)) else { continue };
+                let list: Arc<Vec<Ranked>> =
+                    Arc::new(loaded.remove(key).unwrap_or_default().into_iter().map(Ranked::new).collect());
+                if let Ok(mut v) = slot.value.lock() {
+                    *v = Some((Instant::now(), list.clone()));
+                }
+                if let Some(o) = out.get_mut(*i) {
+                    *o = Some(list);
+                }
+            }
+        }
+        drop(mine);
+        // One at a time, holding no other refresh lock, so two requests never wait on each other.
+        for i in others {
+            let (Some(key), Some(slot)) = (keys.get(i), slots.get(i)) else { continue };
+            let _guard = slot.refresh.lock().await;
+            let list = match self.fresh(slot) {
+                (Some(v), _) => v,
+                (None, _) => {
+                    let mut loaded = load(vec![key.clone()]).await?;
+                    let list: Arc<Vec<Ranked>> =
+                        Arc::new(loaded.remove(key).unwrap_or_default().into_iter().map(Ranked::new).collect());
+                    if let Ok(mut v) = slot.value.lock() {
+                        *v = Some((Instant::now(), list.clone()));
+                    }
+                    list
+                }
+            };
+            if let Some(o) = out.get_mut(i) {
+                *o = Some(list);
+            }
+        }
+        Ok(out.into_iter().flatten().collect())
+    }
+
     async fn get<F>(&self, key: &str, load: F) -> Result<Arc<Vec<Ranked>>, ClipsError>
     where
         F: std::future::Future<Output = Result<Vec<Video>, ClipsError>>,
@@ -175,6 +241,16 @@ impl Trending {
     pub async fn creator(&self, store: &Store, creator: &str) -> Result<Arc<Vec<Ranked>>, ClipsError> {
         self.creators.get(creator, store.videos_by(creator)).await
     }
+
+    /// Up to 100 videos of each of `creators` (at most
+    /// [`custody_client::MAX_SEARCH_VALUES`]), in order, from the cache or, for all the
+    /// expired ones together, one custody search.
+    ///
+    /// # Errors
+    /// custody's refusals.
+    pub async fn creators(&self, store: &Store, creators: &[String]) -> Result<Vec<Arc<Vec<Ranked>>>, ClipsError> {
+        self.creators.get_many(creators, |wanted| async move { store.videos_by_many(&wanted).await }).await
+    }
 }
 
 fn hash32(s: &str) -> u32 {
@@ -213,12 +289,13 @@ pub async fn for_you(store: &Store, trending: &Trending, user: &str, limit: usiz
     let t_personal = t0.elapsed();
 
     let start = (hash32(user) as usize) % following.len().max(1);
-    let creators: Vec<&String> =
-        following.iter().cycle().skip(start).take(FOLLOW_FANOUT.min(following.len())).collect();
-    let lists = futures_util::future::join_all(creators.iter().map(|c| trending.creator(store, c))).await;
+    let creators: Vec<String> =
+        following.iter().cycle().skip(start).take(FOLLOW_FANOUT.min(following.len())).cloned().collect();
+    // The creators whose lists expired are searched together: one custody round trip and one
+    // logged event instead of one per creator.
+    let lists = if creators.is_empty() { Vec::new() } else { trending.creators(store, &creators).await? };
     let t_creators = t0.elapsed();
     let mut candidates: HashMap<&str, Candidate<'_>> = HashMap::new();
-    let lists: Vec<Arc<Vec<Ranked>>> = lists.into_iter().collect::<Result<_, _>>()?;
     for list in &lists {
         for r in list.iter() {
             let c = candidates.entry(r.video.id.as_str()).or_default();
@@ -345,6 +422,57 @@ mod tests {
         assert_eq!(loads.load(Ordering::SeqCst), 1, "fresh: served from the cache");
         lists.get("s2", load()).await.unwrap();
         assert_eq!(loads.load(Ordering::SeqCst), 2, "another key is another list");
+    }
+
+    #[tokio::test]
+    async fn many_lists_load_together_and_fresh_ones_are_not_reloaded() {
+        let lists = Lists::new(Duration::from_secs(3600));
+        let loads = std::sync::Mutex::new(Vec::new());
+        let load = |keys: Vec<String>| {
+            loads.lock().unwrap().push(keys.clone());
+            async move {
+                Ok(keys
+                    .into_iter()
+                    .filter(|k| k != "nobody")
+                    .map(|k| {
+                        let v = video(&format!("{k}-v"), 1);
+                        (k, vec![v])
+                    })
+                    .collect::<HashMap<_, _>>())
+            }
+        };
+        lists.get("a", async { Ok(vec![video("a-cached", 0)]) }).await.unwrap();
+        let keys: Vec<String> = ["a", "b", "nobody", "c"].iter().map(|k| k.to_string()).collect();
+        let got = lists.get_many(&keys, load).await.unwrap();
+        assert_eq!(got.len(), 4);
+        assert_eq!(got[0][0].video.id, "a-cached", "fresh: from the cache");
+        assert_eq!(got[1][0].video.id, "b-v");
+        assert!(got[2].is_empty(), "a key with no videos is an empty list");
+        assert_eq!(got[3][0].video.id, "c-v");
+        assert_eq!(*loads.lock().unwrap(), vec![vec!["b".to_string(), "nobody".into(), "c".into()]], "one load");
+        let again = lists.get_many(&keys, load).await.unwrap();
+        assert_eq!(again[3][0].video.id, "c-v");
+        assert_eq!(loads.lock().unwrap().len(), 1, "all fresh now: nothing loaded");
+    }
+
+    #[tokio::test]
+    async fn concurrent_get_many_share_loads_and_a_repeated_key_is_fine() {
+        let lists = Lists::new(Duration::from_secs(3600));
+        let loaded = AtomicUsize::new(0);
+        let load = |keys: Vec<String>| {
+            loaded.fetch_add(keys.len(), Ordering::SeqCst);
+            async move {
+                tokio::task::yield_now().await;
+                Ok(keys.into_iter().map(|k| (k.clone(), vec![video(&k, 0)])).collect::<HashMap<_, _>>())
+            }
+        };
+        let k1: Vec<String> = ["a", "b", "a"].iter().map(|k| k.to_string()).collect();
+        let k2: Vec<String> = ["b", "a"].iter().map(|k| k.to_string()).collect();
+        let (x, y) = tokio::join!(lists.get_many(&k1, load), lists.get_many(&k2, load));
+        let (x, y) = (x.unwrap(), y.unwrap());
+        assert_eq!(x.iter().map(|l| l[0].video.id.as_str()).collect::<Vec<_>>(), ["a", "b", "a"]);
+        assert_eq!(y.iter().map(|l| l[0].video.id.as_str()).collect::<Vec<_>>(), ["b", "a"]);
+        assert_eq!(loaded.load(Ordering::SeqCst), 2, "each list loaded once");
     }
 
     #[tokio::test]

@@ -449,6 +449,28 @@ impl Store {
         Ok(r.records.iter().map(video_from).collect())
     }
 
+    /// Up to 100 videos of each of `creators` (at most [`custody_client::MAX_SEARCH_VALUES`]),
+    /// by creator, in one custody search and so one logged access event.
+    ///
+    /// # Errors
+    /// custody's refusals.
+    pub async fn videos_by_many(
+        &self,
+        creators: &[String],
+    ) -> Result<std::collections::HashMap<String, Vec<Video>>, ClipsError> {
+        let values = creators.iter().map(|c| Value::String(c.clone())).collect();
+        let r = self.custody.search_any(VIDEOS, "creator", values).await?;
+        let mut by: std::collections::HashMap<String, Vec<Video>> =
+            creators.iter().map(|c| (c.clone(), Vec::new())).collect();
+        for v in r.records.iter().map(video_from) {
+            // Only creators asked for: a record naming another is not put in anyone's list.
+            if let Some(list) = by.get_mut(&v.creator) {
+                list.push(v);
+            }
+        }
+        Ok(by)
+    }
+
     /// Up to 100 videos of one trending shard.
     ///
     /// # Errors
@@ -556,8 +578,16 @@ impl Store {
             posted_at: now(),
         };
         let r = records::comment(&c);
-        self.custody.create(COMMENTS, Some(&c.id), author, r.fields).await?;
-        self.bump(video, Counter::Comments).await?;
+        // The comment and the counter are independent writes (each decided and logged on its
+        // own): sent together, the request waits for one write's log and storage syncs, not
+        // two in a row. A counter bumped for a comment that then failed is a ranking signal
+        // off by one, which the counters already tolerate.
+        let (created, bumped) = tokio::join!(
+            self.custody.create(COMMENTS, Some(&c.id), author, r.fields),
+            self.bump(video, Counter::Comments)
+        );
+        created?;
+        bumped?;
         Ok(c)
     }
 
@@ -587,8 +617,11 @@ impl Store {
         let w = Watch { video: video.id.clone(), creator: video.creator.clone(), watched_ms };
         let id = random_id("w");
         let r = records::watch(&id, viewer, &w, &now());
-        self.custody.create(WATCHES, Some(&id), viewer, r.fields).await?;
-        self.bump(video, Counter::Views).await?;
+        // Independent writes, sent together (see [`Store::comment`]).
+        let (created, bumped) =
+            tokio::join!(self.custody.create(WATCHES, Some(&id), viewer, r.fields), self.bump(video, Counter::Views));
+        created?;
+        bumped?;
         Ok(())
     }
 

@@ -16,6 +16,8 @@ pub const MAX_BATCH: usize = 100;
 pub const MAX_SEARCH_RESULTS: usize = 100;
 /// Most records in one batch-create.
 pub const MAX_BATCH_CREATE: usize = 1000;
+/// Most values one search-any matches (each with up to [`MAX_SEARCH_RESULTS`] results).
+pub const MAX_SEARCH_VALUES: usize = 16;
 
 /// Body of a create.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -78,6 +80,22 @@ pub struct Search {
     #[schema(value_type = Object)]
     pub value: Value,
     /// Most results wanted (default and maximum [`MAX_SEARCH_RESULTS`]).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// Body of a search by blind index for any of several values of one field: one decision,
+/// one read and one logged access event for all of them, so a caller needing several lists
+/// (a feed's followed creators) makes one round trip instead of one per value.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SearchAny {
+    /// A searchable field.
+    pub field: String,
+    /// The values to match exactly, at most [`MAX_SEARCH_VALUES`].
+    #[schema(value_type = Vec<Object>)]
+    pub values: Vec<Value>,
+    /// Most results wanted per value (default and maximum [`MAX_SEARCH_RESULTS`]).
     #[serde(default)]
     pub limit: Option<usize>,
 }

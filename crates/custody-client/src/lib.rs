@@ -15,8 +15,8 @@ use thiserror::Error;
 
 pub use custody_api::{
     BatchCreate, BatchGet, BatchWriteResponse, CreateRecord, ErasureResponse, ExportLog, ExportedRecord, ListResponse,
-    LoggedEntry, MAX_BATCH, MAX_BATCH_CREATE, Problem, ReadResponse, Receipt, RecordView, Search, SubjectExport,
-    UpdateRecord, Withheld, WriteResponse,
+    LoggedEntry, MAX_BATCH, MAX_BATCH_CREATE, MAX_SEARCH_VALUES, Problem, ReadResponse, Receipt, RecordView, Search,
+    SearchAny, SubjectExport, UpdateRecord, Withheld, WriteResponse,
 };
 
 /// What went wrong talking to custody.
@@ -300,6 +300,21 @@ impl Client {
     pub async fn search(&self, collection: &str, field: &str, value: Value) -> Result<ListResponse, ClientError> {
         let body = Search { field: field.to_string(), value, limit: None };
         self.call(Method::POST, &format!("/v1/collections/{collection}/search"), Some(&body)).await
+    }
+
+    /// Finds records whose searchable `field` equals any of `values` (at most
+    /// [`MAX_SEARCH_VALUES`], up to 100 records each), in one request and one logged event.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn search_any(
+        &self,
+        collection: &str,
+        field: &str,
+        values: Vec<Value>,
+    ) -> Result<ListResponse, ClientError> {
+        let body = SearchAny { field: field.to_string(), values, limit: None };
+        self.call(Method::POST, &format!("/v1/collections/{collection}/search-any"), Some(&body)).await
     }
 }
 

@@ -20,8 +20,8 @@ use crate::guard::Caller;
 use crate::setup::ServerState;
 use crate::wire::{
     BatchCreate, BatchGet, BatchWriteResponse, CreateRecord, ErasureResponse, ExportLog, ExportedRecord, ListResponse,
-    LoggedEntry, MAX_CONTEXT_LEN, Problem, ReadResponse, Receipt, RecordView, Search, SubjectExport, UpdateRecord,
-    Withheld, WriteResponse,
+    LoggedEntry, MAX_CONTEXT_LEN, Problem, ReadResponse, Receipt, RecordView, Search, SearchAny, SubjectExport,
+    UpdateRecord, Withheld, WriteResponse,
 };
 
 /// Shared state of every handler.
@@ -167,6 +167,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
         batch_get,
         batch_create,
         search,
+        search_any,
         export_subject,
         erase_subject,
         export_data,
@@ -180,6 +181,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
         UpdateRecord,
         BatchGet,
         Search,
+        SearchAny,
         ReadResponse,
         ListResponse,
         WriteResponse,
@@ -210,6 +212,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/collections/{collection}/batch-get", post(batch_get))
         .route("/v1/collections/{collection}/batch-create", post(batch_create))
         .route("/v1/collections/{collection}/search", post(search))
+        .route("/v1/collections/{collection}/search-any", post(search_any))
         .route("/v1/subjects/{subject}/export", get(export_subject))
         .route("/v1/subjects/{subject}/erase", post(erase_subject))
         .route("/v1/egress/exports", post(export_data))
@@ -507,6 +510,21 @@ async fn search(
     ApiJson(body): ApiJson<Search>,
 ) -> Result<Json<ListResponse>, ApiError> {
     Ok(Json(s.guard.search(&caller, &collection, &body, &ctx).await?))
+}
+
+/// Finds records whose searchable field equals any of several values: one decision of the
+/// field's class, one read and one logged event for all of them.
+#[utoipa::path(post, path = "/v1/collections/{collection}/search-any", request_body = SearchAny,
+    params(("collection" = String, Path)),
+    responses((status = 200, body = ListResponse), (status = 400, body = Problem), (status = 403, body = Problem)))]
+async fn search_any(
+    State(s): State<AppState>,
+    Authed(caller): Authed,
+    Ctx(ctx): Ctx,
+    ApiPath(collection): ApiPath<String>,
+    ApiJson(body): ApiJson<SearchAny>,
+) -> Result<Json<ListResponse>, ApiError> {
+    Ok(Json(s.guard.search_any(&caller, &collection, &body, &ctx).await?))
 }
 
 /// Exports what custody holds and logged about a subject: every record (decrypted as the

@@ -20,8 +20,8 @@ use custody_vault::{NewRecord, OpenKeys, StoredRecord, Vault, VaultError, WriteM
 
 use crate::metrics::Metrics;
 use crate::wire::{
-    BatchWriteResponse, CreateRecord, ListResponse, MAX_BATCH, MAX_BATCH_CREATE, MAX_SEARCH_RESULTS, ReadResponse,
-    Receipt, RecordView, Search, UpdateRecord, Withheld, WriteResponse,
+    BatchWriteResponse, CreateRecord, ListResponse, MAX_BATCH, MAX_BATCH_CREATE, MAX_SEARCH_RESULTS, MAX_SEARCH_VALUES,
+    ReadResponse, Receipt, RecordView, Search, SearchAny, UpdateRecord, Withheld, WriteResponse,
 };
 
 /// An authenticated principal, ready for decisions.
@@ -479,14 +479,48 @@ impl Guard {
         q: &Search,
         ctx: &RequestContext,
     ) -> Result<ListResponse, GuardError> {
+        self.search_values(caller, collection, &q.field, std::slice::from_ref(&q.value), q.limit, ctx).await
+    }
+
+    /// Finds records whose searchable field equals any of several values (up to `limit` per
+    /// value) and reads them: the field's class decided once, the records read together and
+    /// the access logged as one event naming every record released.
+    ///
+    /// # Errors
+    /// As [`Guard::search`]; [`GuardError::BadRequest`] for no values or too many.
+    pub async fn search_any(
+        &self,
+        caller: &Caller,
+        collection: &str,
+        q: &SearchAny,
+        ctx: &RequestContext,
+    ) -> Result<ListResponse, GuardError> {
+        if q.values.is_empty() || q.values.len() > MAX_SEARCH_VALUES {
+            return Err(GuardError::BadRequest(format!(
+                "`values` has {} entries; give 1 to {MAX_SEARCH_VALUES}",
+                q.values.len()
+            )));
+        }
+        self.search_values(caller, collection, &q.field, &q.values, q.limit, ctx).await
+    }
+
+    async fn search_values(
+        &self,
+        caller: &Caller,
+        collection: &str,
+        field: &str,
+        values: &[Value],
+        limit: Option<usize>,
+        ctx: &RequestContext,
+    ) -> Result<ListResponse, GuardError> {
         let (cname, coll) = self.collection(collection)?;
-        let (fname, spec) = coll.fields.iter().find(|(k, _)| k.as_str() == q.field).ok_or_else(|| {
-            SchemaError::UnknownField { collection: cname.to_string(), field: q.field.chars().take(64).collect() }
+        let (fname, spec) = coll.fields.iter().find(|(k, _)| k.as_str() == field).ok_or_else(|| {
+            SchemaError::UnknownField { collection: cname.to_string(), field: field.chars().take(64).collect() }
         })?;
         if !spec.searchable {
             return Err(GuardError::BadRequest(format!("field `{fname}` is not searchable")));
         }
-        let limit = q.limit.unwrap_or(MAX_SEARCH_RESULTS).clamp(1, MAX_SEARCH_RESULTS);
+        let limit = limit.unwrap_or(MAX_SEARCH_RESULTS).clamp(1, MAX_SEARCH_RESULTS);
         let policies = self.policy.current();
         let mut memo = Memo::new();
         let boundary = self.policy.boundary().clone();
@@ -495,7 +529,12 @@ impl Guard {
             let w = FieldOutcome { field: fname.clone(), class: spec.class.clone(), reason: reason.to_string() };
             return Err(self.forbid(&policies, caller, Action::Search, cname, &[], &BTreeSet::from([w]), ctx).await);
         }
-        let ids = self.vault.search(cname, fname, &q.value, limit)?;
+        let mut ids = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for value in values {
+            // A record matching two of the values is read, and named in the event, once.
+            ids.extend(self.vault.search(cname, fname, value, limit)?.into_iter().filter(|id| seen.insert(id.clone())));
+        }
         self.read_many(caller, Action::Search, cname, coll, ids, ctx).await
     }
 

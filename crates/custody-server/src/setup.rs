@@ -659,6 +659,15 @@ pub async fn serve(
             crate::tls::serve(listener, config, crate::api::app(state.clone()), rx3).await
         }
         None => {
+            use axum::serve::ListenerExt as _;
+            // Without TCP_NODELAY, a response written in more than one segment (hyper writes a
+            // head and a large body separately) waits for the client's delayed ACK, up to
+            // 40 ms on Linux, on every such answer of a keep-alive connection.
+            let listener = listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
+                }
+            });
             axum::serve(listener, crate::api::app(state.clone()))
                 .with_graceful_shutdown(async move {
                     let _ = rx3.wait_for(|v| *v).await;

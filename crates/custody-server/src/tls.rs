@@ -138,6 +138,10 @@ pub async fn serve(
             _ = shutdown.wait_for(|v| *v) => return Ok(()),
             accepted = listener.accept() => accepted?,
         };
+        // As on plain TCP (`setup::serve`): no wait for a delayed ACK between segments.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY on a connection");
+        }
         let (acceptor, app) = (acceptor.clone(), app.clone());
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {

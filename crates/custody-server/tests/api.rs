@@ -154,6 +154,7 @@ async fn openapi_document_is_json_with_the_record_paths() {
         "/v1/collections/{collection}/records/{id}",
         "/v1/collections/{collection}/batch-get",
         "/v1/collections/{collection}/search",
+        "/v1/collections/{collection}/search-any",
         "/healthz",
         "/metrics",
     ] {
@@ -511,6 +512,42 @@ async fn search_on_a_field_that_is_not_searchable_is_400() {
     let a = f.post_json(SEARCH, &json!({"field": "email", "value": "a@example.com", "limit": 0})).await;
     assert_eq!(a.status, StatusCode::OK, "{}", String::from_utf8_lossy(&a.body));
     assert_eq!(a.json()["records"][0]["id"], "r1");
+}
+
+#[tokio::test]
+async fn search_any_reads_every_value_under_one_logged_event() {
+    let f = Fixture::new();
+    const ANY: &str = "/v1/collections/profiles/search-any";
+    let d = f
+        .post_json(ANY, &json!({"field": "email", "values": []}))
+        .await
+        .problem(StatusCode::BAD_REQUEST, "bad-request");
+    assert!(d.contains("`values`"), "{d}");
+    let many: Vec<String> = (0..=custody_server::wire::MAX_SEARCH_VALUES).map(|i| format!("{i}@x")).collect();
+    f.post_json(ANY, &json!({"field": "email", "values": many})).await.problem(StatusCode::BAD_REQUEST, "bad-request");
+    f.post_json(ANY, &json!({"field": "bio", "values": ["x"]})).await.problem(StatusCode::BAD_REQUEST, "bad-request");
+    for (id, email) in [("r1", "a@example.com"), ("r2", "b@example.com"), ("r3", "c@example.com")] {
+        let a =
+            f.post_json(RECORDS, &json!({"id": id, "subject": "u-1", "fields": {"handle": id, "email": email}})).await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&a.body));
+    }
+    let before = f.state.log().unwrap().size();
+    // A value given twice still reads its record once; a value matching nothing adds nothing.
+    let a = f
+        .post_json(
+            ANY,
+            &json!({"field": "email", "values": ["a@example.com", "c@example.com", "a@example.com", "z@example.com"]}),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", String::from_utf8_lossy(&a.body));
+    let body = a.json();
+    let mut ids: Vec<&str> = body["records"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["r1", "r3"]);
+    assert_eq!(f.state.log().unwrap().size(), before + 1, "one access event for the whole search");
+    let entry: Value = serde_json::from_str(body["receipt"]["detail"]["entry"].as_str().unwrap()).unwrap();
+    assert_eq!(entry["action"], "search");
+    assert_eq!(entry["records"].as_array().unwrap().len(), 2, "{entry}");
 }
 
 // ---- authentication ----
