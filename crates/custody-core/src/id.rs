@@ -91,6 +91,14 @@ macro_rules! newtype {
             }
         }
 
+        // Hash and Eq are the inner string's, so maps keyed by the id can be looked up by
+        // `&str` without building (and validating) an id first.
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(&self.0)

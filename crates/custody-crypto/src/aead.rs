@@ -134,7 +134,28 @@ pub(crate) fn seal_raw(key: &DataKey, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
     out
 }
 
+/// [`open_field`] into `out` (cleared first), so a bulk reader reuses one buffer for every
+/// field instead of allocating a plaintext per field. On an error `out` is left empty.
+///
+/// # Errors
+/// As [`open_field`].
+pub fn open_field_into(
+    key: &DataKey,
+    ctx: &FieldContext<'_>,
+    sealed: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), CryptoError> {
+    open_raw_into(key, &ctx.aad(), sealed, out)
+}
+
 pub(crate) fn open_raw(key: &DataKey, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    let mut out = Vec::new();
+    open_raw_into(key, aad, sealed, &mut out)?;
+    Ok(out)
+}
+
+fn open_raw_into(key: &DataKey, aad: &[u8], sealed: &[u8], out: &mut Vec<u8>) -> Result<(), CryptoError> {
+    out.clear();
     let (&format, rest) = sealed.split_first().ok_or(CryptoError::Malformed("empty"))?;
     if format != FORMAT_V1 {
         return Err(CryptoError::Malformed("unknown format version"));
@@ -145,10 +166,20 @@ pub(crate) fn open_raw(key: &DataKey, aad: &[u8], sealed: &[u8]) -> Result<Vec<u
     let (nonce, ct) = rest.split_at(NONCE_LEN);
     let nonce: &[u8; NONCE_LEN] = nonce.try_into().map_err(|_| CryptoError::Malformed("too short"))?;
     let (cipher, n) = xchacha(key, nonce)?;
-    let mut out = ct.to_vec();
-    let len = cipher.open_in_place(n, Aad::from(aad), &mut out).map_err(|_| CryptoError::Integrity)?.len();
-    out.truncate(len);
-    Ok(out)
+    out.extend_from_slice(ct);
+    match cipher.open_in_place(n, Aad::from(aad), out) {
+        Ok(plain) => {
+            let len = plain.len();
+            out.truncate(len);
+            Ok(())
+        }
+        Err(_) => {
+            // Whatever was decrypted in place is unauthenticated: wipe it, do not hand it on.
+            out.zeroize();
+            out.clear();
+            Err(CryptoError::Integrity)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ mod error;
 mod keyed;
 mod provider;
 
-pub use aead::{DataKey, FieldContext, KeyVersion, open_field, seal_field};
+pub use aead::{DataKey, FieldContext, KeyVersion, open_field, open_field_into, seal_field};
 pub use error::CryptoError;
 pub use keyed::{BlindIndexKey, BlindIndexTerm, PseudonymKey};
 pub use provider::{FileKeyProvider, KeyProvider};

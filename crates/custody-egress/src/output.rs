@@ -143,8 +143,13 @@ impl<'p> RowFormatter<'p> {
 
     /// Whether the record passes the plan's filter (always, without one).
     pub fn selects(&self, fields: &BTreeMap<FieldName, Value>) -> bool {
+        self.selects_by(|f| fields.get(f))
+    }
+
+    /// [`RowFormatter::selects`] with the record's values looked up by `get`.
+    pub fn selects_by<'v>(&self, get: impl Fn(&FieldName) -> Option<&'v Value>) -> bool {
         match &self.plan.filter {
-            Some((c, want)) => &self.apply(c, fields.get(&c.field).unwrap_or(&Value::Null)) == want,
+            Some((c, want)) => &self.apply(c, get(&c.field).unwrap_or(&Value::Null)) == want,
             None => true,
         }
     }
@@ -160,7 +165,21 @@ impl<'p> RowFormatter<'p> {
         fields: &BTreeMap<FieldName, Value>,
         out: &mut FormattedRows,
     ) -> Result<(), EgressError> {
-        if !self.selects(fields) {
+        self.format_by(subject, |f| fields.get(f), out)
+    }
+
+    /// [`RowFormatter::format`] with the record's values looked up by `get`, for callers
+    /// that hold them in something other than a map (the export scan's per-column slots).
+    ///
+    /// # Errors
+    /// As [`RowFormatter::format`].
+    pub fn format_by<'v>(
+        &self,
+        subject: &str,
+        get: impl Fn(&FieldName) -> Option<&'v Value>,
+        out: &mut FormattedRows,
+    ) -> Result<(), EgressError> {
+        if !self.selects_by(&get) {
             out.filtered += 1;
             return Ok(());
         }
@@ -172,7 +191,7 @@ impl<'p> RowFormatter<'p> {
                 line.push(b',');
             }
             line.extend_from_slice(key);
-            let v = fields.get(&c.field).unwrap_or(&Value::Null);
+            let v = get(&c.field).unwrap_or(&Value::Null);
             match (c.transform, &self.pseudo, v) {
                 // Written in place, byte for byte what serialising `apply`'s value gives:
                 // a passed value as is, a pseudonym as a quoted hex string.

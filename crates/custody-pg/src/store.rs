@@ -3,7 +3,8 @@
 use custody_core::{CollectionName, PrincipalId, PrincipalRecord, RecordId, SubjectId};
 use custody_crypto::BlindIndexTerm;
 use custody_vault::{
-    KeyState, KeyStore, PrincipalStore, RecordStore, Rewrap, RotationState, StoredRecord, VaultError, WrappedKey,
+    KeyState, KeyStore, PrincipalStore, RawPage, RecordStore, Rewrap, RotationState, StoredRecord, VaultError,
+    WrappedKey,
 };
 
 use crate::db::{self, Db, RtHandle};
@@ -112,6 +113,35 @@ impl PgStore {
     /// The name of the database holding records, for messages.
     pub fn database(&self) -> &str {
         &self.records.name
+    }
+}
+
+impl PgStore {
+    /// Up to `limit` (id, stored bytes) rows of `collection` after `after`, in id order.
+    fn scan_rows(
+        &self,
+        collection: &CollectionName,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, VaultError> {
+        let c = collection.to_string();
+        let after = after.unwrap_or_default().to_string();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        Ok(self.records.run(move |pool| async move {
+            let client = pool.get().await?;
+            let st = client
+                .prepare_cached(
+                    "SELECT id, body FROM custody_records.records WHERE collection = $1 AND id > $2
+                     ORDER BY id LIMIT $3",
+                )
+                .await?;
+            Ok(client
+                .query(&st, &[&c, &after, &limit])
+                .await?
+                .iter()
+                .map(|r| (r.get::<_, String>(0), r.get::<_, Vec<u8>>(1)))
+                .collect::<Vec<_>>())
+        })?)
     }
 }
 
@@ -286,31 +316,28 @@ impl RecordStore for PgStore {
         after: Option<&RecordId>,
         limit: usize,
     ) -> Result<Vec<(RecordId, StoredRecord)>, VaultError> {
-        let c = collection.to_string();
-        let after = after.map(ToString::to_string).unwrap_or_default();
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = self.records.run(move |pool| async move {
-            let client = pool.get().await?;
-            let st = client
-                .prepare_cached(
-                    "SELECT id, body FROM custody_records.records WHERE collection = $1 AND id > $2
-                     ORDER BY id LIMIT $3",
-                )
-                .await?;
-            Ok(client
-                .query(&st, &[&c, &after, &limit])
-                .await?
-                .iter()
-                .map(|r| (r.get::<_, String>(0), r.get::<_, Vec<u8>>(1)))
-                .collect::<Vec<_>>())
-        })?;
-        rows.into_iter()
+        self.scan_rows(collection, after.map(RecordId::as_str), limit)?
+            .into_iter()
             .map(|(i, b)| {
                 let id = RecordId::new(&i).map_err(|_| VaultError::Corrupt("record key".into()))?;
                 let record = decode(&format!("{collection}/{id}"), &b)?;
                 Ok((id, record))
             })
             .collect()
+    }
+
+    fn scan_raw(
+        &self,
+        collection: &CollectionName,
+        after: Option<&str>,
+        limit: usize,
+        page: &mut RawPage,
+    ) -> Result<(), VaultError> {
+        page.clear();
+        for (id, body) in self.scan_rows(collection, after, limit)? {
+            page.push(&id, &body);
+        }
+        Ok(())
     }
 
     fn tombstone_subject(&self, subject: &SubjectId) -> Result<u64, VaultError> {

@@ -28,7 +28,7 @@ use custody_egress::{
     RowFormatter, Summary,
 };
 use custody_policy::{ClassDecision, LoadedPolicies, RequestContext, ResourceRef};
-use custody_vault::{StoredRecord, Vault, VaultError};
+use custody_vault::{RawPage, RecordView, Vault, VaultError};
 
 use crate::guard::{Caller, GuardError};
 use crate::setup::{DataDir, ServerConfig, ServerState, SetupError};
@@ -446,12 +446,15 @@ const PAGES_PER_WORKER: usize = 2;
 
 /// [`scan`] over `workers` opening threads (at least one):
 ///
-/// - a **reader** thread pages sealed records out of the vault, in id order, numbering the
-///   pages; it may run only a bounded number of pages ahead of the writer (it takes a
-///   token per page, and the writer hands one back per page written);
-/// - **opening** threads each take a whole page: read its subjects' key states in one
-///   key-store call, unwrap each subject's DEK once, decrypt only the fields the plan reads,
-///   and transform and format the rows (or, for an aggregate, hand the opened records on);
+/// - a **reader** thread copies pages of stored records out of the vault as raw bytes
+///   ([`Vault::scan_raw`]), in id order, numbering the pages and refilling the page buffers
+///   the opening threads hand back; it may run only a bounded number of pages ahead of the
+///   writer (it takes a token per page, and the writer hands one back per page written);
+/// - **opening** threads each take a whole page: decode its records borrowed from the page
+///   bytes ([`RecordView`]: no owned strings or maps), read the subjects' key states in one
+///   key-store call, unwrap each subject's DEK once, decrypt only the fields the plan reads
+///   into per-field slots, and transform and format the rows (or, for an aggregate, hand
+///   the opened records on);
 /// - the calling thread **writes** pages strictly in page order through the exporter's
 ///   hashing writer, so the bytes and their SHA-256 are exactly [`scan_sequential`]'s, and
 ///   reports progress. The first error in page order ends the scan; the other threads see
@@ -480,40 +483,64 @@ pub fn scan_pipelined<W: Write>(
     let mut exporter = Exporter::new(plan, pseudo, out).map_err(bad)?;
     let in_flight = PAGES_PER_WORKER * workers + 1;
 
-    let open_page = |page: &[(RecordId, StoredRecord)]| -> Result<Done, GuardError> {
-        let mut skipped = 0u64;
-        let mine = |r: &StoredRecord| &r.jurisdiction == boundary;
-        let mut keys = vault.page_keys(page.iter().filter(|(_, r)| mine(r)).map(|(_, r)| &r.subject))?;
+    // The plan's fields in a fixed order: each opening thread keeps one value slot per field
+    // and reuses them record after record instead of building a map per record.
+    let plan_fields: Vec<&FieldName> = fields.iter().collect();
+    let open_page = |page: &RawPage| -> Result<Done, GuardError> {
+        let corrupt = |id: &str| VaultError::Corrupt(format!("{cname}/{id}"));
+        let mut views = Vec::with_capacity(page.len());
+        for (id, bytes) in page.iter() {
+            views.push((id, RecordView::decode(|| format!("{cname}/{id}"), bytes)?));
+        }
+        let mine = |r: &RecordView<'_>| r.jurisdiction == boundary.as_str();
+        let subjects = views
+            .iter()
+            .filter(|(_, r)| mine(r))
+            .map(|(id, r)| SubjectId::new(r.subject).map_err(|_| corrupt(id)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut keys = vault.page_keys_of(subjects)?;
         let mut out = if rows {
             PageOut::Rows(FormattedRows::with_capacity(page.len() * 256))
         } else {
             PageOut::Records(Vec::with_capacity(page.len()))
         };
-        for (id, stored) in page {
-            if !mine(stored) {
+        let mut slots: Vec<(&FieldName, Option<Value>)> = plan_fields.iter().map(|&f| (f, None)).collect();
+        let mut skipped = 0u64;
+        for (id, view) in &views {
+            if !mine(view) {
                 skipped += 1;
                 continue;
             }
+            slots.iter_mut().for_each(|(_, v)| *v = None);
             let wanted = |f: &FieldName, c: &DataClass| fields.contains(f) && classes.contains(c);
-            let opened = match vault.open_in_page(&mut keys, schema, cname, id, stored, wanted) {
-                Ok(o) => o,
+            let opened = vault.open_view_in_page(&mut keys, schema, cname, id, view, wanted, |f, json| {
+                if let Some((_, slot)) = slots.iter_mut().find(|(n, _)| *n == f) {
+                    *slot = Some(serde_json::from_slice(json).map_err(|_| corrupt(id))?);
+                }
+                Ok(())
+            });
+            match opened {
+                Ok(()) => {}
                 Err(VaultError::Erased(_)) => {
                     skipped += 1;
                     continue;
                 }
                 Err(e) => return Err(e.into()),
-            };
+            }
+            let get = |f: &FieldName| slots.iter().find(|(n, _)| *n == f).and_then(|(_, v)| v.as_ref());
             match &mut out {
-                PageOut::Rows(lines) => {
-                    formatter.format(stored.subject.as_str(), &opened.fields, lines).map_err(bad)?
+                PageOut::Rows(lines) => formatter.format_by(view.subject, get, lines).map_err(bad)?,
+                PageOut::Records(list) => {
+                    let subject = SubjectId::new(view.subject).map_err(|_| corrupt(id))?;
+                    let opened = slots.iter_mut().filter_map(|(f, v)| Some(((*f).clone(), v.take()?))).collect();
+                    list.push((subject, opened));
                 }
-                PageOut::Records(list) => list.push((stored.subject.clone(), opened.fields)),
             }
         }
         Ok(Done { read: page.len() as u64, skipped, out })
     };
 
-    type Page = (u64, Vec<(RecordId, StoredRecord)>);
+    type Page = (u64, RawPage);
     let (work_tx, work_rx) = mpsc::sync_channel::<Page>(workers);
     // Opening threads share the queue; each holds the lock only to take the next page.
     let work_rx = Mutex::new(work_rx);
@@ -522,32 +549,29 @@ pub fn scan_pipelined<W: Write>(
         let (work_rx, stop) = (&work_rx, &stop);
         let (done_tx, done_rx) = mpsc::sync_channel::<(u64, Result<Done, GuardError>)>(in_flight);
         let (token_tx, token_rx) = mpsc::sync_channel::<()>(in_flight);
-        // Opened pages go back to the reader to be freed: the records were allocated on its
-        // thread, and freeing them there keeps the opening threads off its allocator arena
-        // (glibc locks the owning arena on a foreign free). At most `in_flight` wait here.
-        let (spent_tx, spent_rx) = mpsc::sync_channel::<Vec<(RecordId, StoredRecord)>>(in_flight);
+        // Opened pages go back to the reader to be refilled: a scan cycles through at most
+        // `in_flight` page buffers, whatever the row count, and allocates nothing per page
+        // once they have grown.
+        let (spent_tx, spent_rx) = mpsc::sync_channel::<RawPage>(in_flight);
         for _ in 0..in_flight {
             let _ = token_tx.send(());
         }
 
         let reader_done = done_tx.clone();
         scope.spawn(move || {
-            let mut after: Option<RecordId> = None;
+            let mut after: Option<String> = None;
             for seq in 0u64.. {
                 // A token per page in flight; none left, or the flag, means the writer stopped.
                 if token_rx.recv().is_err() || stop.load(Ordering::Relaxed) {
                     return;
                 }
-                spent_rx.try_iter().for_each(drop);
-                let page = match vault.scan(cname, after.as_ref(), PAGE) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        let _ = reader_done.send((seq, Err(e.into())));
-                        return;
-                    }
-                };
+                let mut page = spent_rx.try_recv().unwrap_or_default();
+                if let Err(e) = vault.scan_raw(cname, after.as_deref(), PAGE, &mut page) {
+                    let _ = reader_done.send((seq, Err(e.into())));
+                    return;
+                }
                 let full = page.len() == PAGE;
-                after = page.last().map(|(id, _)| id.clone());
+                after = page.last_id().map(str::to_string);
                 if work_tx.send((seq, page)).is_err() || !full {
                     return;
                 }
@@ -565,7 +589,7 @@ pub fn scan_pipelined<W: Write>(
                         return;
                     }
                     let done = open_page(&page);
-                    // A full return queue (the reader gone, or behind) frees here instead.
+                    // A full return queue (the reader gone, or ahead) frees here instead.
                     let _ = spent_tx.try_send(page);
                     if done_tx.send((seq, done)).is_err() {
                         return;

@@ -26,7 +26,7 @@ mod vault;
 pub use error::VaultError;
 pub use redb_store::RedbStore;
 pub use store::{
-    KeyState, KeyStore, NewStoredRecord, PrincipalStore, RecordStore, Rewrap, RotationState, StoredRecord, StoredValue,
-    WrappedKey,
+    FieldViews, KeyState, KeyStore, NewStoredRecord, PrincipalStore, RawPage, RecordStore, RecordView, Rewrap,
+    RotationState, StoredRecord, StoredValue, ValueView, WrappedKey,
 };
 pub use vault::{Erasure, NewRecord, OpenKeys, OpenedRecord, RotationProgress, Vault, WriteMode};

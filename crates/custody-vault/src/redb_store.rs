@@ -14,7 +14,8 @@ use custody_crypto::BlindIndexTerm;
 
 use crate::group::GroupCommit;
 use crate::{
-    KeyState, KeyStore, PrincipalStore, RecordStore, Rewrap, RotationState, StoredRecord, VaultError, WrappedKey,
+    KeyState, KeyStore, PrincipalStore, RawPage, RecordStore, Rewrap, RotationState, StoredRecord, VaultError,
+    WrappedKey,
 };
 
 const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
@@ -87,6 +88,20 @@ fn lost() -> VaultError {
 fn record_key(collection: &CollectionName, id: &RecordId) -> Vec<u8> {
     // Ids and names never contain NUL (they are validated), so NUL separates unambiguously.
     [collection.as_str().as_bytes(), b"\0", id.as_str().as_bytes()].concat()
+}
+
+/// A collection scan's key prefix and range: from just after `after` (or the first key of
+/// the collection) to just past the collection's last possible key.
+fn scan_bounds(collection: &CollectionName, after: Option<&str>) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let prefix = [collection.as_str().as_bytes(), b"\0"].concat();
+    // After the prefix's last possible key: the collection name followed by 0x01.
+    let end = [collection.as_str().as_bytes(), b"\x01"].concat();
+    let start = match after {
+        // The smallest key greater than the collection's key of `after`.
+        Some(id) => [prefix.as_slice(), id.as_bytes(), b"\0"].concat(),
+        None => prefix.clone(),
+    };
+    (prefix, start, end)
 }
 
 fn subject_key(subject: &SubjectId, collection: &CollectionName, id: &RecordId) -> Vec<u8> {
@@ -393,17 +408,7 @@ impl RecordStore for RedbStore {
     ) -> Result<Vec<(RecordId, StoredRecord)>, VaultError> {
         let r = self.records.begin_read()?;
         let t = r.open_table(RECORDS)?;
-        let prefix = [collection.as_str().as_bytes(), b"\0"].concat();
-        // After the prefix's last possible key: the collection name followed by 0x01.
-        let end = [collection.as_str().as_bytes(), b"\x01"].concat();
-        let start = match after {
-            Some(id) => {
-                let mut k = record_key(collection, id);
-                k.push(0);
-                k
-            }
-            None => prefix.clone(),
-        };
+        let (prefix, start, end) = scan_bounds(collection, after.map(RecordId::as_str));
         let mut out = Vec::with_capacity(limit.min(4096));
         for entry in t.range(start.as_slice()..end.as_slice())? {
             if out.len() >= limit {
@@ -422,6 +427,32 @@ impl RecordStore for RedbStore {
             out.push((id, record));
         }
         Ok(out)
+    }
+
+    fn scan_raw(
+        &self,
+        collection: &CollectionName,
+        after: Option<&str>,
+        limit: usize,
+        page: &mut RawPage,
+    ) -> Result<(), VaultError> {
+        page.clear();
+        let r = self.records.begin_read()?;
+        let t = r.open_table(RECORDS)?;
+        let (prefix, start, end) = scan_bounds(collection, after);
+        for entry in t.range(start.as_slice()..end.as_slice())? {
+            if page.len() >= limit {
+                break;
+            }
+            let (k, v) = entry?;
+            let id = k
+                .value()
+                .get(prefix.len()..)
+                .and_then(|raw| std::str::from_utf8(raw).ok())
+                .ok_or_else(|| VaultError::Corrupt(format!("{collection}/record key")))?;
+            page.push(id, v.value());
+        }
+        Ok(())
     }
 
     fn tombstone_subject(&self, subject: &SubjectId) -> Result<u64, VaultError> {

@@ -34,6 +34,139 @@ pub struct StoredRecord {
     pub terms: BTreeMap<String, BlindIndexTerm>,
 }
 
+/// A page of records as their stored bytes, for bulk readers that decode each record
+/// borrowed ([`RecordView`]) on their own threads instead of into owned maps on the thread
+/// that reads. One buffer holds every id and body, and a scan refills the same page, so
+/// paging allocates nothing once the buffers have grown.
+#[derive(Debug, Default)]
+pub struct RawPage {
+    buf: Vec<u8>,
+    /// Per record: where its id ends and where its body ends in `buf` (each record starts
+    /// where the previous one ended).
+    ends: Vec<(usize, usize)>,
+}
+
+impl RawPage {
+    /// Empties the page, keeping its buffers.
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.ends.clear();
+    }
+
+    /// Appends a record: its id and its stored bytes.
+    pub fn push(&mut self, id: &str, body: &[u8]) {
+        self.buf.extend_from_slice(id.as_bytes());
+        let id_end = self.buf.len();
+        self.buf.extend_from_slice(body);
+        self.ends.push((id_end, self.buf.len()));
+    }
+
+    /// Records in the page.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether the page holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The records, in scan order, as (id, stored bytes).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        let starts = std::iter::once(0).chain(self.ends.iter().map(|&(_, end)| end));
+        starts.zip(&self.ends).map(|(start, &(id_end, end))| {
+            // Ids went in as `&str`; the bounds are ours, so neither lookup can fail.
+            let id = self.buf.get(start..id_end).and_then(|b| std::str::from_utf8(b).ok()).unwrap_or_default();
+            (id, self.buf.get(id_end..end).unwrap_or_default())
+        })
+    }
+
+    /// The last record's id: where the next page starts after.
+    pub fn last_id(&self) -> Option<&str> {
+        self.iter().last().map(|(id, _)| id)
+    }
+}
+
+/// A stored value borrowed from a [`RawPage`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum ValueView<'a> {
+    /// JSON bytes of a value whose class is stored in the clear.
+    Plain(&'a [u8]),
+    /// A ciphertext from [`custody_crypto::seal_field`].
+    Sealed(&'a [u8]),
+}
+
+impl StoredValue {
+    /// This value borrowed, as a [`ValueView`].
+    pub fn view(&self) -> ValueView<'_> {
+        match self {
+            StoredValue::Plain(b) => ValueView::Plain(b),
+            StoredValue::Sealed(b) => ValueView::Sealed(b),
+        }
+    }
+}
+
+/// A [`StoredRecord`] decoded borrowed from its stored bytes: strings and values point into
+/// the page, the blind-index terms are not decoded at all. The bulk export path opens these,
+/// so a row costs one small allocation (the field list) instead of a map of owned strings.
+///
+/// The encoding is postcard's for [`StoredRecord`]: a byte vector and a byte string share
+/// one wire form there (a varint length, then the bytes), and a map is a length followed by
+/// its pairs, so the same bytes decode either way (a unit test holds both to that).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct RecordView<'a> {
+    /// The end user the record is about, not yet validated as a [`SubjectId`].
+    pub subject: &'a str,
+    /// The jurisdiction the record belongs to, as stored.
+    pub jurisdiction: &'a str,
+    /// The DEK version its sealed fields use.
+    pub key_version: u32,
+    /// Field values by name, in name order.
+    #[serde(borrow)]
+    pub fields: FieldViews<'a>,
+}
+
+impl<'a> RecordView<'a> {
+    /// Decodes a record's stored bytes; fields after `fields` (the terms) are left unread.
+    ///
+    /// # Errors
+    /// [`VaultError::Corrupt`] naming `what` if the bytes are not a stored record.
+    pub fn decode(what: impl FnOnce() -> String, bytes: &'a [u8]) -> Result<Self, VaultError> {
+        postcard::from_bytes(bytes).map_err(|_| VaultError::Corrupt(what()))
+    }
+
+    /// The stored value of field `name`.
+    pub fn field(&self, name: &str) -> Option<ValueView<'a>> {
+        self.fields.0.iter().find(|(n, _)| *n == name).map(|&(_, v)| v)
+    }
+}
+
+/// The fields of a [`RecordView`], in the order stored (by name).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FieldViews<'a>(pub Vec<(&'a str, ValueView<'a>)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for FieldViews<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fields<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Fields<'a> {
+            type Value = FieldViews<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map of field names to stored values")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+                // The hint comes from the stored bytes: cap it so a corrupt length cannot
+                // reserve a huge buffer before the entries run out.
+                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(0).min(64));
+                while let Some((k, v)) = map.next_entry::<&'de str, ValueView<'de>>()? {
+                    out.push((k, v));
+                }
+                Ok(FieldViews(out))
+            }
+        }
+        d.deserialize_map(Fields(std::marker::PhantomData))
+    }
+}
+
 /// A subject's DEK, wrapped by the KEK.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WrappedKey {
@@ -181,6 +314,29 @@ pub trait RecordStore: Send + Sync {
         limit: usize,
     ) -> Result<Vec<(RecordId, StoredRecord)>, VaultError>;
 
+    /// [`RecordStore::scan`] into `page` as stored bytes, for [`RecordView`] decoding: up to
+    /// `limit` records of `collection` with ids after `after`, in id order. The page is
+    /// cleared first. Stores override it to copy their bytes without decoding; this default
+    /// re-encodes what [`RecordStore::scan`] returns.
+    ///
+    /// # Errors
+    /// [`VaultError::Storage`] or [`VaultError::Corrupt`] (also for an invalid `after`).
+    fn scan_raw(
+        &self,
+        collection: &CollectionName,
+        after: Option<&str>,
+        limit: usize,
+        page: &mut RawPage,
+    ) -> Result<(), VaultError> {
+        let after = after.map(RecordId::new).transpose().map_err(|e| VaultError::Corrupt(e.to_string()))?;
+        page.clear();
+        for (id, record) in self.scan(collection, after.as_ref(), limit)? {
+            let body = postcard::to_stdvec(&record).map_err(|e| VaultError::Storage(format!("encode: {e}")))?;
+            page.push(id.as_str(), &body);
+        }
+        Ok(())
+    }
+
     /// Ids of records whose `field` has index term `term`, at most `limit`.
     ///
     /// # Errors
@@ -304,4 +460,73 @@ pub trait PrincipalStore: Send + Sync {
     /// # Errors
     /// [`VaultError::Storage`] or [`VaultError::Corrupt`].
     fn principals(&self) -> Result<Vec<PrincipalRecord>, VaultError>;
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use proptest::prelude::*;
+
+    fn record(fields: Vec<(String, bool, Vec<u8>)>, terms: Vec<(String, [u8; 32])>) -> StoredRecord {
+        StoredRecord {
+            subject: SubjectId::new("s-1@x").unwrap(),
+            jurisdiction: Jurisdiction::new("US").unwrap(),
+            key_version: 7,
+            fields: fields
+                .into_iter()
+                .map(|(n, sealed, b)| (n, if sealed { StoredValue::Sealed(b) } else { StoredValue::Plain(b) }))
+                .collect(),
+            terms: terms.into_iter().collect(),
+        }
+    }
+
+    proptest! {
+        /// The borrowed view decodes exactly what the owned record holds, from the same bytes.
+        #[test]
+        fn a_view_decodes_the_stored_record_it_was_encoded_from(
+            fields in proptest::collection::vec(("[a-z][a-z0-9_]{0,12}", any::<bool>(), proptest::collection::vec(any::<u8>(), 0..300)), 0..12),
+            terms in proptest::collection::vec(("[a-z]{1,8}", any::<[u8; 32]>()), 0..4),
+        ) {
+            let r = record(fields, terms);
+            let bytes = postcard::to_stdvec(&r).unwrap();
+            let view = RecordView::decode(|| "r".into(), &bytes).unwrap();
+            prop_assert_eq!(view.subject, r.subject.as_str());
+            prop_assert_eq!(view.jurisdiction, r.jurisdiction.as_str());
+            prop_assert_eq!(view.key_version, r.key_version);
+            let owned: Vec<_> = r.fields.iter().map(|(n, v)| (n.as_str(), v.view())).collect();
+            prop_assert_eq!(&view.fields.0, &owned);
+            for (n, v) in &r.fields {
+                prop_assert_eq!(view.field(n), Some(v.view()));
+            }
+        }
+
+        /// Truncated or garbled bytes are a named corruption, never a panic.
+        #[test]
+        fn damaged_bytes_are_corrupt_not_a_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            match RecordView::decode(|| "profiles/r1".into(), &bytes) {
+                Ok(_) => {}
+                Err(VaultError::Corrupt(what)) => prop_assert_eq!(what, "profiles/r1"),
+                Err(e) => prop_assert!(false, "unexpected error {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_raw_page_gives_back_its_records_in_order_and_is_reused() {
+        let mut page = RawPage::default();
+        assert!(page.is_empty());
+        assert_eq!(page.last_id(), None);
+        page.push("a", b"one");
+        page.push("bb", b"");
+        page.push("c", b"three");
+        assert_eq!(page.len(), 3);
+        let got: Vec<_> = page.iter().collect();
+        assert_eq!(got, vec![("a", b"one".as_slice()), ("bb", b"".as_slice()), ("c", b"three".as_slice())]);
+        assert_eq!(page.last_id(), Some("c"));
+        page.clear();
+        assert!(page.is_empty());
+        page.push("z", b"z");
+        assert_eq!(page.iter().collect::<Vec<_>>(), vec![("z", b"z".as_slice())]);
+    }
 }

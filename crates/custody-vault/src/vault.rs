@@ -8,11 +8,13 @@ use zeroize::Zeroizing;
 
 use custody_core::{CollectionName, DataClass, FieldName, Jurisdiction, RecordId, Schema, SubjectId, ValidatedFields};
 use custody_crypto::{
-    BlindIndexKey, BlindIndexTerm, DataKey, FieldContext, KeyProvider, KeyVersion, PseudonymKey, open_field, seal_field,
+    BlindIndexKey, BlindIndexTerm, DataKey, FieldContext, KeyProvider, KeyVersion, PseudonymKey, open_field_into,
+    seal_field,
 };
 
 use crate::{
-    KeyState, KeyStore, RecordStore, Rewrap, RotationState, StoredRecord, StoredValue, VaultError, WrappedKey,
+    KeyState, KeyStore, RawPage, RecordStore, RecordView, Rewrap, RotationState, StoredRecord, StoredValue, ValueView,
+    VaultError, WrappedKey,
 };
 
 /// Whether a write creates a record or updates an existing one.
@@ -114,8 +116,8 @@ impl std::fmt::Debug for Vault {
     }
 }
 
-fn dek_context(subject: &SubjectId, version: u32) -> Vec<u8> {
-    [b"dek\0".as_slice(), subject.as_str().as_bytes(), b"\0", &version.to_be_bytes()].concat()
+fn dek_context(subject: &str, version: u32) -> Vec<u8> {
+    [b"dek\0".as_slice(), subject.as_bytes(), b"\0", &version.to_be_bytes()].concat()
 }
 
 /// The system key egress pseudonyms are derived from.
@@ -182,7 +184,7 @@ impl Vault {
             None if create => {
                 let _gate = self.wrap_gate.read().unwrap_or_else(PoisonError::into_inner);
                 let version = 1;
-                let wrapped = self.provider.wrap(&dek_context(subject, version), &DataKey::generate())?;
+                let wrapped = self.provider.wrap(&dek_context(subject.as_str(), version), &DataKey::generate())?;
                 let key = WrappedKey { version, wrapped };
                 let state = self.keys.insert_subject_key(subject, &key)?;
                 created = state == KeyState::Active(key);
@@ -194,7 +196,7 @@ impl Vault {
             KeyState::Active(k) => {
                 let dek = self
                     .provider
-                    .unwrap(&dek_context(subject, k.version), &k.wrapped)
+                    .unwrap(&dek_context(subject.as_str(), k.version), &k.wrapped)
                     .map_err(|_| VaultError::Integrity(format!("key of subject `{subject}`")))?;
                 Ok((k.version, dek, created))
             }
@@ -324,7 +326,7 @@ impl Vault {
                     None => {
                         let version = 1;
                         let dek = DataKey::generate();
-                        let wrapped = self.provider.wrap(&dek_context(subject, version), &dek)?;
+                        let wrapped = self.provider.wrap(&dek_context(subject.as_str(), version), &dek)?;
                         fresh.push((subject.clone(), WrappedKey { version, wrapped }));
                         fresh_deks.push((subject, dek));
                     }
@@ -349,7 +351,7 @@ impl Vault {
                 KeyState::Active(k) => {
                     let dek = self
                         .provider
-                        .unwrap(&dek_context(subject, k.version), &k.wrapped)
+                        .unwrap(&dek_context(subject.as_str(), k.version), &k.wrapped)
                         .map_err(|_| VaultError::Integrity(format!("key of subject `{subject}`")))?;
                     deks.insert(subject, (k.version, dek));
                 }
@@ -502,7 +504,7 @@ impl Vault {
             id,
             record,
             |_, class| permitted(class),
-            || self.dek_in(keys, &record.subject),
+            || self.dek_in(keys, record.subject.as_str()),
         )
     }
 
@@ -513,14 +515,22 @@ impl Vault {
     /// # Errors
     /// Storage failures.
     pub fn page_keys<'a>(&self, subjects: impl IntoIterator<Item = &'a SubjectId>) -> Result<OpenKeys, VaultError> {
-        let mut wanted: Vec<&SubjectId> = subjects.into_iter().collect();
-        wanted.sort_unstable();
-        wanted.dedup();
-        let states = self.keys.subject_keys(&wanted)?;
-        if states.len() != wanted.len() {
+        self.page_keys_of(subjects.into_iter().cloned().collect())
+    }
+
+    /// [`Vault::page_keys`] for subjects the caller already owns (a raw page's, validated
+    /// from their stored strings), so they are moved into the result rather than cloned.
+    ///
+    /// # Errors
+    /// As [`Vault::page_keys`].
+    pub fn page_keys_of(&self, mut subjects: Vec<SubjectId>) -> Result<OpenKeys, VaultError> {
+        subjects.sort_unstable();
+        subjects.dedup();
+        let states = self.keys.subject_keys(&subjects.iter().collect::<Vec<_>>())?;
+        if states.len() != subjects.len() {
             return Err(VaultError::Storage("key store answered for the wrong number of subjects".into()));
         }
-        let read = wanted.into_iter().cloned().zip(states).collect();
+        let read = subjects.into_iter().zip(states).collect();
         Ok(OpenKeys { read, deks: HashMap::new() })
     }
 
@@ -539,18 +549,52 @@ impl Vault {
         record: &StoredRecord,
         wanted: impl Fn(&FieldName, &DataClass) -> bool,
     ) -> Result<OpenedRecord, VaultError> {
-        self.open_fields(schema, collection, id, record, wanted, || self.dek_in(keys, &record.subject))
+        self.open_fields(schema, collection, id, record, wanted, || self.dek_in(keys, record.subject.as_str()))
+    }
+
+    /// Opens the fields of a record decoded borrowed from a [`RawPage`] (see
+    /// [`Vault::scan_raw`]) that `wanted` accepts, handing each one's plaintext JSON bytes to
+    /// `each` instead of building a map: the bulk export path, which transforms values as
+    /// they come. The checks are [`Vault::open_in_page`]'s: fields are bound to `collection`,
+    /// `id` and the key version, and a plaintext value where the schema demands a sealed one
+    /// is an integrity error. `each` may be called for some fields before an error ends the
+    /// record, so a caller drops what it collected for a record that fails.
+    ///
+    /// # Errors
+    /// As [`Vault::open`], and whatever `each` returns.
+    #[allow(clippy::too_many_arguments)]
+    pub fn open_view_in_page(
+        &self,
+        keys: &mut OpenKeys,
+        schema: &Schema,
+        collection: &CollectionName,
+        id: &str,
+        record: &RecordView<'_>,
+        wanted: impl Fn(&FieldName, &DataClass) -> bool,
+        each: impl FnMut(&FieldName, &[u8]) -> Result<(), VaultError>,
+    ) -> Result<(), VaultError> {
+        self.open_each(
+            schema,
+            collection,
+            id,
+            record.key_version,
+            |name| record.field(name),
+            wanted,
+            || self.dek_in(keys, record.subject),
+            each,
+        )
     }
 
     /// `subject`'s DEK from `keys`, unwrapped from the state read ahead or read now, and kept
     /// there for the next record of the subject.
-    fn dek_in(&self, keys: &mut OpenKeys, subject: &SubjectId) -> Result<(u32, DataKey), VaultError> {
+    fn dek_in(&self, keys: &mut OpenKeys, subject: &str) -> Result<(u32, DataKey), VaultError> {
         if let Some((version, k)) = keys.deks.get(subject) {
             return Ok((*version, k.clone()));
         }
         let (version, dek) = match keys.read.get(subject) {
             None => {
-                let (version, k, _) = self.subject_dek(subject, false)?;
+                let id = SubjectId::new(subject).map_err(|e| VaultError::Corrupt(format!("stored subject: {e}")))?;
+                let (version, k, _) = self.subject_dek(&id, false)?;
                 (version, k)
             }
             Some(Some(KeyState::Active(k))) => {
@@ -563,12 +607,12 @@ impl Vault {
             Some(Some(KeyState::Destroyed { .. })) => return Err(VaultError::Erased(subject.to_string())),
             Some(None) => return Err(VaultError::Integrity(format!("missing key of subject `{subject}`"))),
         };
-        keys.deks.insert(subject.clone(), (version, dek.clone()));
+        let id = SubjectId::new(subject).map_err(|e| VaultError::Corrupt(format!("stored subject: {e}")))?;
+        keys.deks.insert(id, (version, dek.clone()));
         Ok((version, dek))
     }
 
-    /// The shared body of the `open` family: `dek_of` is called at most once, for the first
-    /// sealed field `wanted` accepts.
+    /// The `open` family on an owned record: the opened values parsed into a map.
     fn open_fields(
         &self,
         schema: &Schema,
@@ -576,23 +620,65 @@ impl Vault {
         id: &RecordId,
         record: &StoredRecord,
         wanted: impl Fn(&FieldName, &DataClass) -> bool,
-        mut dek_of: impl FnMut() -> Result<(u32, DataKey), VaultError>,
+        dek_of: impl FnMut() -> Result<(u32, DataKey), VaultError>,
     ) -> Result<OpenedRecord, VaultError> {
+        let mut fields = BTreeMap::new();
+        self.open_each(
+            schema,
+            collection,
+            id.as_str(),
+            record.key_version,
+            |name| record.fields.get(name).map(StoredValue::view),
+            wanted,
+            dek_of,
+            |fname, json| {
+                let value: Value =
+                    serde_json::from_slice(json).map_err(|_| VaultError::Corrupt(format!("{collection}/{id}")))?;
+                fields.insert(fname.clone(), value);
+                Ok(())
+            },
+        )?;
+        Ok(OpenedRecord { fields })
+    }
+
+    /// The shared body of the `open` family: for each field of `collection` that `wanted`
+    /// accepts and the record stores (`stored`), its plaintext JSON bytes go to `each`.
+    /// `dek_of` is called at most once, for the first sealed field `wanted` accepts.
+    #[allow(clippy::too_many_arguments)]
+    fn open_each<'r>(
+        &self,
+        schema: &Schema,
+        collection: &CollectionName,
+        id: &str,
+        key_version: u32,
+        stored: impl Fn(&str) -> Option<ValueView<'r>>,
+        wanted: impl Fn(&FieldName, &DataClass) -> bool,
+        mut dek_of: impl FnMut() -> Result<(u32, DataKey), VaultError>,
+        mut each: impl FnMut(&FieldName, &[u8]) -> Result<(), VaultError>,
+    ) -> Result<(), VaultError> {
         let (_, coll) = schema.collection(collection.as_str()).map_err(|e| VaultError::NotFound(e.to_string()))?;
         let mut dek: Option<DataKey> = None;
-        let mut fields = BTreeMap::new();
+        // One plaintext buffer for the record's sealed fields, wiped when the record is done.
+        let mut plain = Zeroizing::new(Vec::new());
         for (fname, spec) in &coll.fields {
             if !wanted(fname, &spec.class) {
                 continue;
             }
-            let Some(stored) = record.fields.get(fname.as_str()) else { continue };
-            let opened;
-            let json = match stored {
-                StoredValue::Plain(bytes) => bytes.as_slice(),
-                StoredValue::Sealed(sealed) => {
+            let Some(value) = stored(fname.as_str()) else { continue };
+            let json = match value {
+                ValueView::Plain(bytes) => {
+                    if schema.is_encrypted(&spec.class) {
+                        // A plaintext value where the schema demands a sealed one was planted.
+                        return Err(VaultError::Integrity(format!(
+                            "field `{fname}` of `{collection}/{id}` is not sealed"
+                        )));
+                    }
+                    bytes
+                }
+                ValueView::Sealed(sealed) => {
                     if dek.is_none() {
                         let (version, k) = dek_of()?;
-                        if version != record.key_version {
+                        if version != key_version {
                             return Err(VaultError::Integrity(format!("key version of `{collection}/{id}`")));
                         }
                         dek = Some(k);
@@ -600,26 +686,18 @@ impl Vault {
                     let Some(k) = dek.as_ref() else { continue };
                     let ctx = FieldContext {
                         collection: collection.as_str(),
-                        record: id.as_str(),
+                        record: id,
                         field: fname.as_str(),
-                        key_version: KeyVersion(record.key_version),
+                        key_version: KeyVersion(key_version),
                     };
-                    opened = Zeroizing::new(
-                        open_field(k, &ctx, sealed)
-                            .map_err(|_| VaultError::Integrity(format!("field `{fname}` of `{collection}/{id}`")))?,
-                    );
-                    opened.as_slice()
+                    open_field_into(k, &ctx, sealed, &mut plain)
+                        .map_err(|_| VaultError::Integrity(format!("field `{fname}` of `{collection}/{id}`")))?;
+                    plain.as_slice()
                 }
             };
-            if schema.is_encrypted(&spec.class) && matches!(stored, StoredValue::Plain(_)) {
-                // A plaintext value where the schema demands a sealed one was planted.
-                return Err(VaultError::Integrity(format!("field `{fname}` of `{collection}/{id}` is not sealed")));
-            }
-            let value: Value =
-                serde_json::from_slice(json).map_err(|_| VaultError::Corrupt(format!("{collection}/{id}")))?;
-            fields.insert(fname.clone(), value);
+            each(fname, json)?;
         }
-        Ok(OpenedRecord { fields })
+        Ok(())
     }
 
     /// Deletes a record and its index entries; false if it did not exist.
@@ -687,6 +765,22 @@ impl Vault {
         limit: usize,
     ) -> Result<Vec<(RecordId, StoredRecord)>, VaultError> {
         self.records.scan(collection, after, limit)
+    }
+
+    /// Up to `limit` stored records of `collection` after `after`, in id order, into `page`
+    /// as their stored bytes: the bulk reader's scan, decoded with [`RecordView::decode`] and
+    /// opened with [`Vault::open_view_in_page`].
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn scan_raw(
+        &self,
+        collection: &CollectionName,
+        after: Option<&str>,
+        limit: usize,
+        page: &mut RawPage,
+    ) -> Result<(), VaultError> {
+        self.records.scan_raw(collection, after, limit, page)
     }
 
     /// The deployment's egress pseudonym key, created on first use; the flag says whether
@@ -796,7 +890,7 @@ impl Vault {
                 continue;
             }
             let sid = SubjectId::new(subject).map_err(|_| VaultError::Corrupt(format!("subject key `{subject}`")))?;
-            let new = self.provider.rewrap(&dek_context(&sid, k.version), &k.wrapped)?;
+            let new = self.provider.rewrap(&dek_context(sid.as_str(), k.version), &k.wrapped)?;
             work.push((subject.clone(), k.wrapped.clone(), new));
         }
         Ok(work)
