@@ -458,8 +458,8 @@ const PAGES_PER_WORKER: usize = 2;
 /// - the calling thread **writes** pages strictly in page order through the exporter's
 ///   hashing writer (for Parquet, appending the pages' column values to row groups that are
 ///   cut at fixed row counts, so the file does not depend on the page split), so the bytes
-///   and their SHA-256 are exactly [`scan_sequential`]'s, and reports progress. The first error in page order ends the scan; the other threads see
-///   their channels close and stop.
+///   and their SHA-256 are exactly [`scan_sequential`]'s, and reports progress. The first
+///   error in page order ends the scan; the other threads see their channels close and stop.
 ///
 /// # Errors
 /// As [`scan`].
