@@ -197,7 +197,7 @@ pub(crate) fn run(settings: &Settings, format: Format, a: ExportArgs) -> anyhow:
     if format == Format::Json {
         println!(
             "{}",
-            json!({"file": a.out, "format": body["format"], "receipt": rp, "rows": outcome.rows, "suppressed": outcome.suppressed,
+            json!({"file": a.out, "format": body.get("format"), "receipt": rp, "rows": outcome.rows, "suppressed": outcome.suppressed,
                 "bytes": outcome.bytes, "sha256": outcome.sha256, "log_index": outcome.receipt.index})
         );
     } else {
