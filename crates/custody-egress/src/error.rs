@@ -35,6 +35,9 @@ pub enum EgressError {
     /// The budget store failed; nothing was charged and nothing is released.
     #[error("epsilon budget store: {0}")]
     Budget(String),
+    /// Encoding the Parquet output failed, or a value did not fit its column's type.
+    #[error("writing the Parquet export: {0}")]
+    Parquet(String),
     /// Writing the output failed.
     #[error("writing the export: {0}")]
     Io(#[from] std::io::Error),

@@ -14,7 +14,8 @@
 //! - [`Exporter`]: transforms rows (pseudonyms are HMAC-SHA-256 under a key derived per
 //!   destination and epoch: stable within an epoch, unlinkable across destinations and
 //!   epochs) or aggregates them (counts and clamped sums, groups below `k` suppressed,
-//!   optional Laplace or Gaussian noise), writing NDJSON through a [`DigestWriter`].
+//!   optional Laplace or Gaussian noise), writing NDJSON or Parquet ([`OutputFormat`])
+//!   through a [`DigestWriter`].
 //! - [`BudgetStore`]: each destination's spent epsilon, durably committed before any noisy
 //!   output exists, so neither a crash nor a restart refunds budget.
 //!
@@ -22,11 +23,13 @@
 //!   scan can format pages in parallel and hand [`FormattedRows`] to the [`Exporter`] in
 //!   order, for exactly the bytes pushing each record would give.
 //!
-//! Memory is bounded by one row (row exports) or by the number of groups (aggregates,
-//! capped at [`MAX_GROUPS`]), never by the number of records.
+//! Memory is bounded by one row (NDJSON row exports), one row group (Parquet, at most 65,536
+//! rows or 32 MiB of values) or the number of groups (aggregates, capped at [`MAX_GROUPS`]),
+//! never by the number of records.
 
 mod aggregate;
 mod budget;
+mod columnar;
 mod error;
 mod output;
 mod profile;

@@ -22,13 +22,33 @@ const MAX_PURPOSE: usize = 256;
 /// Most group-by or sum fields.
 const MAX_COLUMNS: usize = 64;
 
-/// The output format. NDJSON is the one format implemented.
+/// The output format of an export: the bytes released (and hashed into the log entry).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OutputFormat {
     /// One JSON object per line.
     #[default]
     Ndjson,
+    /// One Apache Parquet file: a fixed column schema per plan, snappy-compressed row groups.
+    Parquet,
+}
+
+impl OutputFormat {
+    /// The media type the export is served as.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            OutputFormat::Ndjson => "application/x-ndjson",
+            OutputFormat::Parquet => "application/vnd.apache.parquet",
+        }
+    }
+
+    /// The usual file extension (without the dot).
+    pub fn extension(self) -> &'static str {
+        match self {
+            OutputFormat::Ndjson => "ndjson",
+            OutputFormat::Parquet => "parquet",
+        }
+    }
 }
 
 /// Keep only rows whose transformed `field` equals `equals`.
@@ -302,7 +322,12 @@ impl ExportRequest {
                 PlanKind::Aggregate { group_by, sums, k: a.k, noise: a.noise.clone() }
             }
         };
-        Ok(Plan { request: self.clone(), kind, filter })
+        let plan = Plan { request: self.clone(), kind, filter };
+        if self.format == OutputFormat::Parquet {
+            // Refused here, before any budget is charged, rather than when writing starts.
+            crate::columnar::specs(&plan)?;
+        }
+        Ok(plan)
     }
 }
 

@@ -567,12 +567,12 @@ pub const EXPORT_RECEIPT_HEADER: &str = "custody-receipt";
 
 /// Exports data across the boundary through the egress gateway (body: an export request
 /// naming collection, profile, destination and purpose). Cedar decides every class read for
-/// action `export` with the destination in the context; the answer (NDJSON) is served only
-/// after the `export` log entry carrying its SHA-256 is durable. A denial is logged and
-/// answers 403.
+/// action `export` with the destination in the context; the answer (NDJSON, or Parquet with
+/// `"format": "parquet"`) is served only after the `export` log entry carrying its SHA-256
+/// is durable. A denial is logged and answers 403.
 #[utoipa::path(post, path = "/v1/egress/exports",
     params(("custody-justification" = Option<String>, Header)),
-    responses((status = 200, description = "the export, NDJSON; headers carry its SHA-256, rows and log receipt", content_type = "application/x-ndjson"),
+    responses((status = 200, description = "the export, NDJSON or Parquet as the request's `format` asks; headers carry its SHA-256, rows and log receipt", content(("application/x-ndjson"), ("application/vnd.apache.parquet"))),
         (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem), (status = 503, body = Problem)))]
 async fn export_data(
     State(s): State<AppState>,
@@ -581,6 +581,7 @@ async fn export_data(
     ApiJson(req): ApiJson<custody_egress::ExportRequest>,
 ) -> Result<Response, ApiError> {
     use base64::Engine as _;
+    let content_type = req.format.content_type();
     let ready = crate::egress::export(&s, &caller, req, &ctx).await?;
     let receipt = serde_json::to_vec(&ready.receipt).map_err(ApiError::internal)?;
     let receipt = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(receipt);
@@ -599,7 +600,7 @@ async fn export_data(
     });
     Response::builder()
         .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .header(header::CONTENT_TYPE, content_type)
         .header(header::CONTENT_LENGTH, ready.summary.bytes)
         .header(EXPORT_SHA256_HEADER, &ready.summary.sha256)
         .header(EXPORT_ROWS_HEADER, ready.summary.rows)

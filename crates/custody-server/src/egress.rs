@@ -174,6 +174,7 @@ pub struct ReadyExport {
 fn bad(e: EgressError) -> GuardError {
     match e {
         EgressError::Io(e) => GuardError::Storage(e.to_string()),
+        EgressError::Parquet(e) => GuardError::Storage(format!("Parquet: {e}")),
         EgressError::Budget(e) => GuardError::Storage(e),
         other => GuardError::BadRequest(other.to_string()),
     }
@@ -305,7 +306,7 @@ pub async fn export(
     }
     let epoch = custody_egress::epoch_at(time::OffsetDateTime::now_utc().unix_timestamp(), gw.epoch_days);
     let pseudo = plan.pseudonymises().then(|| Pseudonymiser::new(&gw.key, &plan.request.destination, epoch));
-    let path = gw.spool.join(format!("{}.ndjson", random_name()));
+    let path = gw.spool.join(format!("{}.{}", random_name(), plan.request.format.extension()));
     let (vault, schema2, plan2, path2) =
         (s.guard.vault().clone(), Arc::new(schema.clone()), plan.clone(), path.clone());
     let scanned = tokio::task::spawn_blocking(move || -> Result<Summary, GuardError> {
@@ -432,8 +433,9 @@ struct Done {
     out: PageOut,
 }
 
-/// A page's output: formatted lines (row exports) or opened records (aggregates, which
-/// the writer folds in order so that sums add up in the sequential order).
+/// A page's output: formatted rows (row exports: NDJSON lines or Parquet column values) or
+/// opened records (aggregates, which the writer folds in order so that sums add up in the
+/// sequential order).
 enum PageOut {
     Rows(FormattedRows),
     Records(Vec<(SubjectId, BTreeMap<FieldName, Value>)>),
@@ -453,12 +455,13 @@ const PAGES_PER_WORKER: usize = 2;
 /// - **opening** threads each take a whole page: decode its records borrowed from the page
 ///   bytes ([`RecordView`]: no owned strings or maps), read the subjects' key states in one
 ///   key-store call, unwrap each subject's DEK once, decrypt only the fields the plan reads
-///   into per-field slots, and transform and format the rows (or, for an aggregate, hand
-///   the opened records on);
+///   into per-field slots, and transform and format the rows, as NDJSON lines or as Parquet
+///   column values (or, for an aggregate, hand the opened records on);
 /// - the calling thread **writes** pages strictly in page order through the exporter's
-///   hashing writer, so the bytes and their SHA-256 are exactly [`scan_sequential`]'s, and
-///   reports progress. The first error in page order ends the scan; the other threads see
-///   their channels close and stop.
+///   hashing writer (for Parquet, appending the pages' column values to row groups that are
+///   cut at fixed row counts, so the file does not depend on the page split), so the bytes
+///   and their SHA-256 are exactly [`scan_sequential`]'s, and reports progress. The first
+///   error in page order ends the scan; the other threads see their channels close and stop.
 ///
 /// # Errors
 /// As [`scan`].
@@ -500,7 +503,7 @@ pub fn scan_pipelined<W: Write>(
             .collect::<Result<Vec<_>, _>>()?;
         let mut keys = vault.page_keys_of(subjects)?;
         let mut out = if rows {
-            PageOut::Rows(FormattedRows::with_capacity(page.len() * 256))
+            PageOut::Rows(formatter.batch(page.len()))
         } else {
             PageOut::Records(Vec::with_capacity(page.len()))
         };
@@ -728,7 +731,13 @@ mod tests {
                 json!({"collection": "profiles", "profile": "global-metrics", "destination": "global", "purpose": "t",
                        "aggregate": {"group_by": ["birthdate"], "sums": [{"field": "watch_minutes", "min": 0, "max": 5000}], "k": 3}}),
             );
-            for p in [&rows, &filtered, &aggregate] {
+            let parquet = |p: &Plan| {
+                let mut req = p.request.clone();
+                req.format = custody_egress::OutputFormat::Parquet;
+                req.plan(f.profiles.get(&req.profile).unwrap(), &f.schema).unwrap()
+            };
+            let (rows_pq, filtered_pq, aggregate_pq) = (parquet(&rows), parquet(&filtered), parquet(&aggregate));
+            for p in [&rows, &filtered, &aggregate, &rows_pq, &filtered_pq, &aggregate_pq] {
                 let want = sequential(&f, p).unwrap();
                 assert!(want.0.rows > 0);
                 // Every i ≡ 7 (mod 10) is German; u000006 and u000008 belong to the erased

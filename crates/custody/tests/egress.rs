@@ -1,7 +1,8 @@
 //! The egress gateway against a real `custody serve`: canaries never leave, pseudonyms are
 //! stable within an epoch and differ across destinations, small groups are suppressed, an
 //! exhausted epsilon budget refuses exports (also after a restart), a denied export releases
-//! nothing and is logged as denied, and an exported file checks against its log entry.
+//! nothing and is logged as denied, and an exported file, NDJSON or Parquet, checks against
+//! its log entry.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::collections::HashSet;
@@ -57,6 +58,11 @@ async fn seed(s: &Server, n: usize) {
 }
 
 async fn export(c: &Client, req: Value) -> Result<(String, custody_client::ExportOutcome), ClientError> {
+    let (buf, o) = export_bytes(c, req).await?;
+    Ok((String::from_utf8(buf).unwrap(), o))
+}
+
+async fn export_bytes(c: &Client, req: Value) -> Result<(Vec<u8>, custody_client::ExportOutcome), ClientError> {
     let mut buf = Vec::new();
     let o = c
         .export(
@@ -68,7 +74,42 @@ async fn export(c: &Client, req: Value) -> Result<(String, custody_client::Expor
             |_| {},
         )
         .await?;
-    Ok((String::from_utf8(buf).unwrap(), o))
+    Ok((buf, o))
+}
+
+/// A Parquet file's rows, read back with the parquet crate's reader, as NDJSON-like objects.
+fn parquet_rows(bytes: &[u8]) -> Vec<Value> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::record::Field;
+    use std::io::Write as _;
+    let mut f = tempfile::tempfile().unwrap();
+    f.write_all(bytes).unwrap();
+    let reader = SerializedFileReader::new(f).unwrap();
+    reader
+        .get_row_iter(None)
+        .unwrap()
+        .map(|row| {
+            let row = row.unwrap();
+            let mut m = serde_json::Map::new();
+            for (name, field) in row.get_column_iter() {
+                let v = match field {
+                    Field::Null => Value::Null,
+                    Field::Bool(b) => json!(b),
+                    Field::Long(i) => json!(i),
+                    Field::Double(d) => json!(d),
+                    Field::Str(s) => json!(s),
+                    other => panic!("unexpected Parquet value {other:?}"),
+                };
+                m.insert(name.clone(), v);
+            }
+            Value::Object(m)
+        })
+        .collect()
+}
+
+fn with_parquet(mut req: Value) -> Value {
+    req["format"] = json!("parquet");
+    req
 }
 
 fn req(profile: &str, destination: &str, extra: Value) -> Value {
@@ -168,6 +209,31 @@ async fn canaries_never_leave_and_pseudonyms_are_stable_per_destination_and_epoc
     }
     let distinct: HashSet<&str> = first.iter().map(|l| l["email"].as_str().unwrap()).collect();
     assert_eq!(distinct.len(), N, "distinct emails keep distinct pseudonyms");
+
+    // Parquet: the same rows, value for value (same destination and epoch, so the same
+    // pseudonyms), and an aggregate; no canary in the bytes or in any value read back.
+    let parquet_shapes = [
+        req("global-engagement", "global", json!({})),
+        req(
+            "global-metrics",
+            "global",
+            json!({"aggregate": {"group_by": ["precise_location", "birthdate"], "sums": [{"field": "watch_minutes", "min": 0, "max": 2000000000}], "k": 100}}),
+        ),
+    ];
+    for (i, shape) in parquet_shapes.into_iter().enumerate() {
+        let (bytes, o) = export_bytes(&c, with_parquet(shape.clone())).await.unwrap();
+        assert!(bytes.starts_with(b"PAR1") && bytes.ends_with(b"PAR1"), "{shape}");
+        assert!(!bytes.windows(MARK.len()).any(|w| w == MARK.as_bytes()), "a canary left in Parquet bytes");
+        let rows = parquet_rows(&bytes);
+        assert_eq!(rows.len() as u64, o.rows);
+        assert_no_canary(&rows.iter().map(|r| format!("{r}\n")).collect::<String>(), &dates, &minutes);
+        let (entry, _) = custody_client::verify_receipt(&o.receipt, &vkey).unwrap();
+        let entry: Value = serde_json::from_str(&entry).unwrap();
+        assert_eq!((entry["sha256"].as_str(), entry["bytes"].as_u64()), (Some(o.sha256.as_str()), Some(o.bytes)));
+        if i == 0 {
+            assert!(rows == first, "Parquet rows differ from the NDJSON rows");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -305,4 +371,100 @@ async fn the_cli_exports_a_file_that_checks_against_its_log_entry() {
         custody_verify::verify_export(bytes.as_slice(), &receipt, &vkey),
         Err(custody_verify::VerifyError::ExportMismatch { .. })
     ));
+}
+
+/// `custody-monitor` beside the `custody` binary: `cargo test --workspace` (CI) builds every
+/// binary of the workspace; alone, this test needs `cargo build -p custody-monitor` first.
+fn monitor_bin() -> std::path::PathBuf {
+    let bin =
+        std::path::Path::new(common::BIN).with_file_name(format!("custody-monitor{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "`{}` is not built: run `cargo build -p custody-monitor` (CI's `cargo test --workspace` does)",
+        bin.display()
+    );
+    bin
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_exports_parquet_that_custody_monitor_verifies() {
+    let s = Server::start();
+    seed(&s, 30).await;
+    let token = s.principal("exp", "engineer", "US", &["--employer", "provider", "--role", "egress"]);
+    let vkey = s.client(&token).log_key().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let export = |out: &std::path::Path, extra: &[&str]| {
+        let mut args = vec![
+            "--format",
+            "json",
+            "export",
+            "--server",
+            &s.base,
+            "--token",
+            &token,
+            "--collection",
+            "profiles",
+            "--profile",
+            "global-engagement",
+            "--destination",
+            "global",
+            "--purpose",
+            "models",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        s.cli(&args)
+    };
+
+    // `.parquet` picks the format; `--output-format parquet` says it outright.
+    let out = dir.path().join("export.parquet");
+    let o = export(&out, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let summary: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((summary["rows"].as_u64(), summary["format"].as_str()), (Some(30), Some("parquet")));
+    let bytes = std::fs::read(&out).unwrap();
+    let rows = parquet_rows(&bytes);
+    assert_eq!(rows.len(), 30);
+    assert_eq!(rows[0]["birthdate"], json!(1700));
+    assert!(rows.iter().all(|r| r["_subject"].as_str().is_some_and(|p| p.len() == 32)));
+    let named = dir.path().join("named.bin");
+    let o = export(&named, &["--output-format", "parquet"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(parquet_rows(&std::fs::read(&named).unwrap()), rows, "the same rows in the same epoch");
+
+    // The monitor checks the file as it checks NDJSON: by its bytes against the log entry.
+    let verify = |file: &std::path::Path| {
+        std::process::Command::new(monitor_bin())
+            .arg("verify-export")
+            .arg(file)
+            .args(["--key", &vkey])
+            .output()
+            .unwrap()
+    };
+    let v = verify(&out);
+    assert!(v.status.success(), "{}{}", String::from_utf8_lossy(&v.stdout), String::from_utf8_lossy(&v.stderr));
+    let report: Value = serde_json::from_slice(&v.stdout).unwrap();
+    assert_eq!((report["verified"].as_bool(), report["rows"].as_u64()), (Some(true), Some(30)));
+    assert_eq!(report["bytes"].as_u64(), Some(bytes.len() as u64));
+    let receipt = std::fs::read_to_string(dir.path().join("export.parquet.receipt.json")).unwrap();
+    custody_verify::verify_export(bytes.as_slice(), &receipt, &vkey).unwrap();
+    let mut tampered = bytes.clone();
+    let mid = tampered.len() / 2;
+    tampered[mid] ^= 1;
+    std::fs::write(&out, &tampered).unwrap();
+    assert_eq!(verify(&out).status.code(), Some(13), "one byte changed: no longer the logged file");
+
+    // Bad input is named: an unknown format (CLI and API), a format the file name contradicts.
+    let o = export(&dir.path().join("x.csv"), &["--output-format", "csv"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("parquet"), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = export(&dir.path().join("x.ndjson"), &["--output-format", "parquet"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("does not match"), "{}", String::from_utf8_lossy(&o.stderr));
+    let e = export_bytes(&s.client(&token), req("global-engagement", "global", json!({"format": "csv"})))
+        .await
+        .unwrap_err();
+    assert_eq!(e.status().unwrap().as_u16(), 400);
+    assert!(e.to_string().contains("unknown variant `csv`"), "{e}");
 }

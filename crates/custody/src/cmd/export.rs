@@ -1,14 +1,15 @@
 //! `custody export`: take data across the boundary through the egress gateway.
 //!
 //! The request goes to the guarded API with a principal's token, so Cedar decides it and the
-//! log records it. The file is written as it streams in (a progress bar shows the bytes) and
+//! log records it. The file (NDJSON, or Parquet with `--output-format parquet` or an `--out`
+//! ending in `.parquet`) is written as it streams in (a progress bar shows the bytes) and
 //! checked against the SHA-256 in the logged entry; the receipt is saved beside it as
 //! `FILE.receipt.json`, which `custody-monitor verify-export FILE` checks.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 use custody_client::{Client, ClientError, Reason};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
@@ -56,9 +57,12 @@ pub(crate) struct ExportArgs {
     /// Delta for Gaussian noise
     #[arg(long)]
     delta: Option<f64>,
-    /// The file to write (NDJSON); the receipt goes to FILE.receipt.json
+    /// The file to write; the receipt goes to FILE.receipt.json
     #[arg(long)]
     out: PathBuf,
+    /// The file's format [default: parquet if FILE ends in `.parquet`, else ndjson]
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    output_format: Option<OutputFormat>,
     /// Justification (`custody-justification`)
     #[arg(long)]
     justification: Option<String>,
@@ -68,6 +72,49 @@ pub(crate) struct ExportArgs {
     /// API base URL [default: http://LISTEN from the settings]
     #[arg(long, env = "CUSTODY_SERVER")]
     server: Option<String>,
+}
+
+/// What `--output-format` takes: the gateway's formats (`--format` is the global flag for how
+/// this command reports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OutputFormat {
+    /// One JSON object per line
+    Ndjson,
+    /// An Apache Parquet file
+    Parquet,
+}
+
+impl OutputFormat {
+    fn name(self) -> &'static str {
+        match self {
+            OutputFormat::Ndjson => "ndjson",
+            OutputFormat::Parquet => "parquet",
+        }
+    }
+}
+
+/// The format asked, or the one `--out`'s extension names; an extension of the other format
+/// is refused, so a `.ndjson` file never holds Parquet (nor the reverse).
+fn output_format(a: &ExportArgs) -> anyhow::Result<OutputFormat> {
+    let ext = a.out.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+    let named = match ext.as_deref() {
+        Some("parquet" | "pq") => Some(OutputFormat::Parquet),
+        Some("ndjson" | "jsonl" | "json") => Some(OutputFormat::Ndjson),
+        _ => None,
+    };
+    match (a.output_format, named) {
+        (Some(asked), Some(ext)) if asked != ext => Err(fail(
+            Exit::BadInput,
+            format!(
+                "`--output-format {}` does not match `--out {}`; name the file `.{}` or drop the flag",
+                asked.name(),
+                a.out.display(),
+                asked.name()
+            ),
+        )),
+        (Some(asked), _) => Ok(asked),
+        (None, named) => Ok(named.unwrap_or(OutputFormat::Ndjson)),
+    }
 }
 
 fn request(a: &ExportArgs) -> anyhow::Result<Value> {
@@ -103,6 +150,7 @@ fn request(a: &ExportArgs) -> anyhow::Result<Value> {
         });
         r.insert("aggregate".into(), json!({"group_by": a.group_by, "sums": sums, "k": a.k, "noise": noise}));
     }
+    r.insert("format".into(), json!(output_format(a)?.name()));
     Ok(Value::Object(r))
 }
 
@@ -149,7 +197,7 @@ pub(crate) fn run(settings: &Settings, format: Format, a: ExportArgs) -> anyhow:
     if format == Format::Json {
         println!(
             "{}",
-            json!({"file": a.out, "receipt": rp, "rows": outcome.rows, "suppressed": outcome.suppressed,
+            json!({"file": a.out, "format": body.get("format"), "receipt": rp, "rows": outcome.rows, "suppressed": outcome.suppressed,
                 "bytes": outcome.bytes, "sha256": outcome.sha256, "log_index": outcome.receipt.index})
         );
     } else {
