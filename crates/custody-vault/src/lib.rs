@@ -10,8 +10,10 @@
 //!   destroying one subject's DEK makes all of that subject's records unreadable.
 //! - **Opening is selective**: [`Vault::open`] decrypts only the fields whose class the
 //!   caller says was permitted; the ciphertexts of every other field are never touched.
-//!   Bulk readers (the egress scan) read a page's subject keys at once ([`Vault::page_keys`])
-//!   and open with [`Vault::open_in_page`], unwrapping each subject's DEK once per page.
+//!   Bulk readers (the egress scan) copy pages of stored bytes ([`Vault::scan_raw`]), decode
+//!   them borrowed ([`RecordView`]), read a page's subject keys at once
+//!   ([`Vault::page_keys_of`]) and open with [`Vault::open_view_in_page`], unwrapping each
+//!   subject's DEK once per page.
 //!
 //! The embedded backend is [redb](https://docs.rs/redb) ([`RedbStore`]): two database files,
 //! `records.redb` and `keys.redb`, each committed durably before a write is acknowledged.
