@@ -170,7 +170,9 @@ fn raw_scan_pages_what_scan_does(b: Backend) {
     let f = Fixture::new(b);
     let c = CollectionName::new("profiles").unwrap();
     let batch: Vec<_> = (0..7)
-        .map(|i| (RecordId::new(format!("r{i}")).unwrap(), record(&format!("s{}", i % 3), &format!("v{i}")), Vec::new()))
+        .map(|i| {
+            (RecordId::new(format!("r{i}")).unwrap(), record(&format!("s{}", i % 3), &format!("v{i}")), Vec::new())
+        })
         .collect();
     f.records.put_new_many(&c, &batch).unwrap();
     let (other, r) = ids("profilez", "r0");

@@ -20,8 +20,7 @@ use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use serde_json::Value;
 
 use custody_core::{
-    Action, CollectionName, DataClass, Decision, ExportEvent, FieldName, Jurisdiction, LogEntry, RecordId, Schema,
-    SubjectId,
+    Action, CollectionName, DataClass, Decision, ExportEvent, FieldName, Jurisdiction, LogEntry, Schema, SubjectId,
 };
 use custody_egress::{
     BudgetStore, EgressError, ExportRequest, Exporter, FormattedRows, Plan, PlanKind, Profiles, Pseudonymiser,
@@ -641,6 +640,7 @@ pub fn scan_pipelined<W: Write>(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
     use super::*;
+    use custody_core::RecordId;
     use custody_crypto::FileKeyProvider;
     use custody_vault::{NewRecord, RecordStore, RedbStore, StoredValue};
     use serde_json::json;
