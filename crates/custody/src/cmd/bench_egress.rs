@@ -6,10 +6,10 @@
 //! load: the sequential reference (`scan_sequential`: one record at a time, every permitted
 //! field decrypted) and the pipelined scan the server runs (`scan`: a reader thread, one
 //! opening thread per core that reads a page's keys at once and decrypts only the fields
-//! the plan reads, and an ordered writer). Both write NDJSON to a file while hashing it;
-//! the bench fails unless both produce the same bytes. Peak memory is the process's VmHWM,
-//! reset (via `/proc/self/clear_refs`) before each pass, so it covers the pass alone;
-//! measure at two sizes to see it stay flat.
+//! the plan reads, and an ordered writer). Both write NDJSON (or, with `--output-format
+//! parquet`, Parquet) to a file while hashing it; the bench fails unless both produce the
+//! same bytes. Peak memory is the process's VmHWM, reset (via `/proc/self/clear_refs`)
+//! before each pass, so it covers the pass alone; measure at two sizes to see it stay flat.
 
 use std::io::BufWriter;
 use std::path::Path;
@@ -25,6 +25,7 @@ use custody_egress::{ExportRequest, Profiles, Pseudonymiser, Summary};
 use custody_vault::{NewRecord, RedbStore, Vault};
 
 use crate::Format;
+use crate::cmd::export::OutputFormat;
 
 /// `custody bench egress` arguments.
 #[derive(Debug, clap::Args)]
@@ -32,6 +33,9 @@ pub(crate) struct EgressBenchArgs {
     /// Row counts to measure at, seeding up to each in turn (comma-separated)
     #[arg(long, value_delimiter = ',', default_values_t = [100_000u64, 1_000_000])]
     rows: Vec<u64>,
+    /// The export file's format
+    #[arg(long, value_enum, value_name = "FORMAT", default_value = "ndjson")]
+    output_format: OutputFormat,
 }
 
 fn status_kb(field: &str) -> Option<u64> {
@@ -113,6 +117,7 @@ pub(crate) fn run(format: Format, args: EgressBenchArgs) -> anyhow::Result<()> {
     let profiles = Profiles::from_toml(custody_server::setup::SAMPLE_EGRESS, &schema)?;
     let req: ExportRequest = serde_json::from_value(json!({
         "collection": "profiles", "profile": "global-engagement", "destination": "global", "purpose": "bench",
+        "format": args.output_format.name(),
     }))?;
     let plan = req.plan(profiles.get("global-engagement")?, &schema)?;
     let (key, _) = vault.egress_key()?;
@@ -129,7 +134,7 @@ pub(crate) fn run(format: Format, args: EgressBenchArgs) -> anyhow::Result<()> {
         let seed_s = t.elapsed().as_secs_f64();
         seeded = size;
 
-        let export = dir.path().join("export.ndjson");
+        let export = dir.path().join(format!("export.{}", args.output_format.name()));
         let seq = pass(&export, || {
             let out = BufWriter::with_capacity(1 << 16, std::fs::File::create(&export)?);
             let pseudo = Some(Pseudonymiser::new(&key, "global", 1));
@@ -153,6 +158,7 @@ pub(crate) fn run(format: Format, args: EgressBenchArgs) -> anyhow::Result<()> {
         let rows = seq.summary.rows as f64;
         let r = json!({
             "rows": seq.summary.rows,
+            "format": args.output_format.name(),
             "seed_s": seed_s,
             "workers": workers,
             "bytes": seq.summary.bytes,
@@ -169,11 +175,12 @@ pub(crate) fn run(format: Format, args: EgressBenchArgs) -> anyhow::Result<()> {
         });
         if format == Format::Human {
             println!(
-                "{:>9} rows, {} MB out (identical SHA-256), seeding took {:.1} s\n\
+                "{:>9} rows, {} MB of {} out (identical SHA-256), seeding took {:.1} s\n\
                  \x20         sequential:              {:.2} s = {:>7.0} rows/s, peak RSS {:>4} MiB (before {} MiB)\n\
                  \x20         pipelined ({workers} workers): {:.2} s = {:>7.0} rows/s, peak RSS {:>4} MiB (before {} MiB); {:.2}x",
                 seq.summary.rows,
                 seq.summary.bytes / 1_000_000,
+                args.output_format.name(),
                 seed_s,
                 seq.secs,
                 rows / seq.secs,

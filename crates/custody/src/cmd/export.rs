@@ -77,7 +77,7 @@ pub(crate) struct ExportArgs {
 /// What `--output-format` takes: the gateway's formats (`--format` is the global flag for how
 /// this command reports).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum OutputFormat {
+pub(crate) enum OutputFormat {
     /// One JSON object per line
     Ndjson,
     /// An Apache Parquet file
@@ -85,7 +85,8 @@ enum OutputFormat {
 }
 
 impl OutputFormat {
-    fn name(self) -> &'static str {
+    /// The format's name in an export request.
+    pub(crate) fn name(self) -> &'static str {
         match self {
             OutputFormat::Ndjson => "ndjson",
             OutputFormat::Parquet => "parquet",
