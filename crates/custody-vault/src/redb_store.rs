@@ -104,6 +104,14 @@ fn scan_bounds(collection: &CollectionName, after: Option<&str>) -> (Vec<u8>, Ve
     (prefix, start, end)
 }
 
+/// The record id in a key a collection scan returned: only that collection's keys are in
+/// range, so the id is what follows the prefix.
+fn scanned_id<'k>(collection: &CollectionName, prefix: &[u8], key: &'k [u8]) -> Result<&'k str, VaultError> {
+    key.get(prefix.len()..)
+        .and_then(|raw| std::str::from_utf8(raw).ok())
+        .ok_or_else(|| VaultError::Corrupt(format!("{collection}/record key")))
+}
+
 fn subject_key(subject: &SubjectId, collection: &CollectionName, id: &RecordId) -> Vec<u8> {
     [subject.as_str().as_bytes(), b"\0", collection.as_str().as_bytes(), b"\0", id.as_str().as_bytes()].concat()
 }
@@ -415,13 +423,8 @@ impl RecordStore for RedbStore {
                 break;
             }
             let (k, v) = entry?;
-            // Only this collection's keys are in range: the id is what follows the prefix.
-            let id = k
-                .value()
-                .get(prefix.len()..)
-                .and_then(|raw| std::str::from_utf8(raw).ok())
-                .and_then(|raw| RecordId::new(raw).ok())
-                .ok_or_else(|| VaultError::Corrupt(format!("{collection}/record key")))?;
+            let id = RecordId::new(scanned_id(collection, &prefix, k.value())?)
+                .map_err(|_| VaultError::Corrupt(format!("{collection}/record key")))?;
             let record =
                 postcard::from_bytes(v.value()).map_err(|_| VaultError::Corrupt(format!("{collection}/{id}")))?;
             out.push((id, record));
@@ -445,12 +448,7 @@ impl RecordStore for RedbStore {
                 break;
             }
             let (k, v) = entry?;
-            let id = k
-                .value()
-                .get(prefix.len()..)
-                .and_then(|raw| std::str::from_utf8(raw).ok())
-                .ok_or_else(|| VaultError::Corrupt(format!("{collection}/record key")))?;
-            page.push(id, v.value());
+            page.push(scanned_id(collection, &prefix, k.value())?, v.value());
         }
         Ok(())
     }
