@@ -250,8 +250,13 @@ fn subject_keys_are_read_together_in_the_order_asked(b: Backend) {
             None,
             Some(KeyState::Active(k.clone())),
             Some(KeyState::Destroyed { version: 1 }),
-            Some(KeyState::Active(k))
+            Some(KeyState::Active(k.clone()))
         ]
+    );
+    // Sorted, as a scan's page asks.
+    assert_eq!(
+        f.keys.subject_keys(&[&gone, &live, &never]).unwrap(),
+        vec![Some(KeyState::Destroyed { version: 1 }), Some(KeyState::Active(k.clone())), None]
     );
     assert!(f.keys.subject_keys(&[]).unwrap().is_empty());
 }

@@ -422,6 +422,36 @@ pub fn scan_sequential<W: Write>(
     Ok((summary, out, skipped))
 }
 
+/// An opening thread's place for one field the plan reads.
+struct Slot<'f> {
+    field: &'f FieldName,
+    value: Value,
+    /// Whether the record being formatted has this field (`value` may be a previous one's).
+    set: bool,
+}
+
+/// Parses an opened field's JSON into `into`. A plain string (no escapes, no control
+/// characters), what almost every sealed field holds, is copied into the string `into`
+/// already holds, so a scan does not allocate and free a string per field; anything else goes
+/// through `serde_json`, and both give the same value.
+fn parse_into(json: &[u8], into: &mut Value) -> Result<(), serde_json::Error> {
+    if let [b'"', inner @ .., b'"'] = json
+        && !inner.iter().any(|&b| b == b'"' || b == b'\\' || b < 0x20)
+        && let Ok(text) = std::str::from_utf8(inner)
+    {
+        match into {
+            Value::String(s) => {
+                s.clear();
+                s.push_str(text);
+            }
+            other => *other = Value::String(text.to_string()),
+        }
+        return Ok(());
+    }
+    *into = serde_json::from_slice(json)?;
+    Ok(())
+}
+
 /// One page's work, as it comes back from an opening thread.
 struct Done {
     /// Records read from the vault in this page.
@@ -506,18 +536,22 @@ pub fn scan_pipelined<W: Write>(
         } else {
             PageOut::Records(Vec::with_capacity(page.len()))
         };
-        let mut slots: Vec<(&FieldName, Option<Value>)> = plan_fields.iter().map(|&f| (f, None)).collect();
+        // A slot keeps its value (and a string's buffer) from record to record; `set` says
+        // whether the current record has it.
+        let mut slots: Vec<Slot<'_>> =
+            plan_fields.iter().map(|&f| Slot { field: f, value: Value::Null, set: false }).collect();
         let mut skipped = 0u64;
         for (id, view) in &views {
             if !mine(view) {
                 skipped += 1;
                 continue;
             }
-            slots.iter_mut().for_each(|(_, v)| *v = None);
+            slots.iter_mut().for_each(|s| s.set = false);
             let wanted = |f: &FieldName, c: &DataClass| fields.contains(f) && classes.contains(c);
             let opened = vault.open_view_in_page(&mut keys, schema, cname, id, view, wanted, |f, json| {
-                if let Some((_, slot)) = slots.iter_mut().find(|(n, _)| *n == f) {
-                    *slot = Some(serde_json::from_slice(json).map_err(|_| corrupt(id))?);
+                if let Some(slot) = slots.iter_mut().find(|s| s.field == f) {
+                    parse_into(json, &mut slot.value).map_err(|_| corrupt(id))?;
+                    slot.set = true;
                 }
                 Ok(())
             });
@@ -529,12 +563,16 @@ pub fn scan_pipelined<W: Write>(
                 }
                 Err(e) => return Err(e.into()),
             }
-            let get = |f: &FieldName| slots.iter().find(|(n, _)| *n == f).and_then(|(_, v)| v.as_ref());
+            let get = |f: &FieldName| slots.iter().find(|s| s.set && s.field == f).map(|s| &s.value);
             match &mut out {
                 PageOut::Rows(lines) => formatter.format_by(view.subject, get, lines).map_err(bad)?,
                 PageOut::Records(list) => {
                     let subject = SubjectId::new(view.subject).map_err(|_| corrupt(id))?;
-                    let opened = slots.iter_mut().filter_map(|(f, v)| Some(((*f).clone(), v.take()?))).collect();
+                    let opened = slots
+                        .iter_mut()
+                        .filter(|s| s.set)
+                        .map(|s| (s.field.clone(), std::mem::take(&mut s.value)))
+                        .collect();
                     list.push((subject, opened));
                 }
             }
@@ -748,6 +786,34 @@ mod tests {
                     assert_eq!(got.0, want.0, "summary, {workers} workers, {n} records");
                     assert!(got.1 == want.1, "bytes, {workers} workers, {n} records");
                     assert_eq!((got.2, &got.3), (want.2, &want.3), "skipped and progress");
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// The string fast path parses exactly what `serde_json` parses, whatever the slot
+        /// held before, and refuses what it refuses.
+        #[test]
+        fn parse_into_agrees_with_serde_json(
+            text in "\\PC{0,24}",
+            raw in proptest::collection::vec(proptest::num::u8::ANY, 0..24),
+            before in proptest::prop_oneof![
+                proptest::strategy::Just(Value::Null),
+                proptest::strategy::Just(json!("a previous, longer value")),
+                proptest::strategy::Just(json!(7)),
+            ],
+        ) {
+            let quoted = [b"\"".as_slice(), &raw, b"\""].concat();
+            for input in [serde_json::to_vec(&text).unwrap(), raw.clone(), quoted, b"12".to_vec(), b"[\"x\"]".to_vec()] {
+                let mut slot = before.clone();
+                let got = parse_into(&input, &mut slot);
+                match serde_json::from_slice::<Value>(&input) {
+                    Ok(want) => {
+                        proptest::prop_assert!(got.is_ok());
+                        proptest::prop_assert_eq!(slot, want);
+                    }
+                    Err(_) => proptest::prop_assert!(got.is_err()),
                 }
             }
         }

@@ -59,14 +59,25 @@ pub struct OpenedRecord {
 /// by a cached key; the keys are zeroized when it is dropped.
 #[derive(Default)]
 pub struct OpenKeys {
-    /// Key states read ahead for a page; subjects not here are read when first needed.
-    read: HashMap<SubjectId, Option<KeyState>>,
+    /// Key states read ahead for a page, ascending by subject, each with its DEK once
+    /// unwrapped: found by binary search, so a page's first use of a subject's key costs no
+    /// map insert and no copy of its id.
+    read: Vec<PageKey>,
+    /// DEKs of subjects that were not read ahead, read when first needed.
     deks: HashMap<SubjectId, (u32, DataKey)>,
+}
+
+/// One subject's entry in [`OpenKeys::read`].
+struct PageKey {
+    subject: SubjectId,
+    state: Option<KeyState>,
+    dek: Option<(u32, DataKey)>,
 }
 
 impl std::fmt::Debug for OpenKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenKeys").field("read", &self.read.len()).field("unwrapped", &self.deks.len()).finish()
+        let unwrapped = self.read.iter().filter(|k| k.dek.is_some()).count() + self.deks.len();
+        f.debug_struct("OpenKeys").field("read", &self.read.len()).field("unwrapped", &unwrapped).finish()
     }
 }
 
@@ -530,7 +541,8 @@ impl Vault {
         if states.len() != subjects.len() {
             return Err(VaultError::Storage("key store answered for the wrong number of subjects".into()));
         }
-        let read = subjects.into_iter().zip(states).collect();
+        let read =
+            subjects.into_iter().zip(states).map(|(subject, state)| PageKey { subject, state, dek: None }).collect();
         Ok(OpenKeys { read, deks: HashMap::new() })
     }
 
@@ -588,26 +600,31 @@ impl Vault {
     /// `subject`'s DEK from `keys`, unwrapped from the state read ahead or read now, and kept
     /// there for the next record of the subject.
     fn dek_in(&self, keys: &mut OpenKeys, subject: &str) -> Result<(u32, DataKey), VaultError> {
+        if let Ok(i) = keys.read.binary_search_by(|k| k.subject.as_str().cmp(subject))
+            && let Some(slot) = keys.read.get_mut(i)
+        {
+            if let Some((version, k)) = &slot.dek {
+                return Ok((*version, k.clone()));
+            }
+            let (version, dek) = match &slot.state {
+                Some(KeyState::Active(k)) => {
+                    let dek = self
+                        .provider
+                        .unwrap(&dek_context(subject, k.version), &k.wrapped)
+                        .map_err(|_| VaultError::Integrity(format!("key of subject `{subject}`")))?;
+                    (k.version, dek)
+                }
+                Some(KeyState::Destroyed { .. }) => return Err(VaultError::Erased(subject.to_string())),
+                None => return Err(VaultError::Integrity(format!("missing key of subject `{subject}`"))),
+            };
+            slot.dek = Some((version, dek.clone()));
+            return Ok((version, dek));
+        }
         if let Some((version, k)) = keys.deks.get(subject) {
             return Ok((*version, k.clone()));
         }
-        let (version, dek) = match keys.read.get(subject) {
-            None => {
-                let id = SubjectId::new(subject).map_err(|e| VaultError::Corrupt(format!("stored subject: {e}")))?;
-                let (version, k, _) = self.subject_dek(&id, false)?;
-                (version, k)
-            }
-            Some(Some(KeyState::Active(k))) => {
-                let dek = self
-                    .provider
-                    .unwrap(&dek_context(subject, k.version), &k.wrapped)
-                    .map_err(|_| VaultError::Integrity(format!("key of subject `{subject}`")))?;
-                (k.version, dek)
-            }
-            Some(Some(KeyState::Destroyed { .. })) => return Err(VaultError::Erased(subject.to_string())),
-            Some(None) => return Err(VaultError::Integrity(format!("missing key of subject `{subject}`"))),
-        };
         let id = SubjectId::new(subject).map_err(|e| VaultError::Corrupt(format!("stored subject: {e}")))?;
+        let (version, dek, _) = self.subject_dek(&id, false)?;
         keys.deks.insert(id, (version, dek.clone()));
         Ok((version, dek))
     }
