@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use custody_client::{Client, CreateRecord};
+use custody_client::{Client, ClientError, CreateRecord};
 
 use crate::ClipsError;
 use crate::media;
@@ -233,10 +233,54 @@ async fn write_batch(client: &Client, recs: Vec<(&'static str, CreateRecord)>) -
     for c in order {
         let rs = by.remove(c).unwrap_or_default();
         for part in rs.chunks(custody_client::MAX_BATCH_CREATE) {
-            client.batch_create(c, part.to_vec()).await?;
+            create_part(client, c, part).await?;
         }
     }
     Ok(n)
+}
+
+/// Times one batch is sent before seeding gives up on it.
+const ATTEMPTS: u32 = 4;
+
+/// Whether a failed request may be sent again: the answer was lost (timeout, connection) or
+/// custody was overloaded or failed for the moment (429, 5xx). Refusals (4xx) are final.
+fn transient(e: &ClientError) -> bool {
+    match e.status() {
+        Some(s) => s.as_u16() == 429 || s.is_server_error(),
+        None => matches!(e, ClientError::Transport(_)),
+    }
+}
+
+/// Creates `part` (records with ids) in one batch-create, sending it again after a transient
+/// failure with a growing pause. A batch-create is all or nothing (one transaction), so when
+/// a resent batch meets existing ids, custody is asked whether the first and last records of
+/// the batch exist: if they do, the earlier attempt landed and only its answer was lost.
+async fn create_part(client: &Client, collection: &str, part: &[CreateRecord]) -> Result<(), ClipsError> {
+    let mut attempt = 1;
+    loop {
+        let e = match client.batch_create(collection, part.to_vec()).await {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        if attempt > 1 && e.status().map(|s| s.as_u16()) == Some(409) && landed(client, collection, part).await? {
+            return Ok(());
+        }
+        if attempt >= ATTEMPTS || !transient(&e) {
+            return Err(e.into());
+        }
+        tracing::warn!(collection, records = part.len(), attempt, error = %e, "batch-create failed; sending it again");
+        tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
+        attempt += 1;
+    }
+}
+
+/// Whether the first and last records of `part` exist (for a batch, whether it was written).
+async fn landed(client: &Client, collection: &str, part: &[CreateRecord]) -> Result<bool, ClipsError> {
+    let ids: Vec<&str> = [part.first(), part.last()].into_iter().flatten().filter_map(|r| r.id.as_deref()).collect();
+    if ids.len() != 2.min(part.len()) {
+        return Ok(false);
+    }
+    Ok(client.batch_get(collection, &ids).await?.missing.is_empty())
 }
 
 async fn run_phase(

@@ -19,6 +19,8 @@ struct Env {
     custody: String,
     clips: String,
     app: Client,
+    /// The clips workload's token.
+    token: String,
     http: reqwest::Client,
     _stop: tokio::sync::watch::Sender<bool>,
 }
@@ -71,7 +73,7 @@ async fn env(extra: &[(&str, &str)], users: u64) -> Env {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     seed::seed(&app, &SeedPlan::new(users), Arc::new(|_, _, _| {})).await.unwrap();
-    Env { _dir: dir, custody, clips, app, http, _stop: tx }
+    Env { _dir: dir, custody, clips, app, token: issued.token, http, _stop: tx }
 }
 
 impl Env {
@@ -180,4 +182,69 @@ fn clips_has_no_storage_of_its_own() {
     for db in ["redb", "sled", "rusqlite", "sqlx", "rocksdb", "diesel", "postgres", "redis", "custody-vault"] {
         assert!(!deps.contains(db), "clips depends on `{db}`: its only storage must be custody");
     }
+}
+
+/// A loopback TCP proxy in front of `upstream` whose first connection carries the request to
+/// custody but throws custody's answer away and closes: the write was carried out, and the
+/// caller never learns it. Later connections pass both ways. Returns the proxy's URL and how
+/// many answers it dropped.
+async fn answer_dropping_proxy(upstream: &str) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let upstream = upstream.trim_start_matches("http://").to_string();
+    let dropped = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = dropped.clone();
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((mut client, _)) = listener.accept().await {
+            let mut server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+            if !std::mem::take(&mut first) {
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                });
+                continue;
+            }
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let (mut from_client, to_client) = client.into_split();
+                let (mut from_server, mut to_server) = server.into_split();
+                let up = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut from_client, &mut to_server).await;
+                });
+                // Read custody's whole answer (until it pauses) and drop it.
+                let mut buf = vec![0u8; 1 << 16];
+                let mut got = 0;
+                loop {
+                    let wait = if got == 0 { Duration::from_secs(30) } else { Duration::from_millis(300) };
+                    match tokio::time::timeout(wait, from_server.read(&mut buf)).await {
+                        Ok(Ok(n)) if n > 0 => got += n,
+                        _ => break,
+                    }
+                }
+                assert!(got > 0, "custody answered nothing");
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                up.abort();
+                drop(to_client);
+            });
+        }
+    });
+    (url, dropped)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeding_survives_a_lost_answer_without_writing_twice() {
+    let e = env(&[], 0).await;
+    let (proxy, dropped) = answer_dropping_proxy(&e.custody).await;
+    let via_proxy = Client::new(&proxy, &e.token).unwrap();
+    let mut plan = SeedPlan::new(50);
+    plan.activity = false;
+    let report = seed::seed(&via_proxy, &plan, Arc::new(|_, _, _| {})).await.unwrap();
+    assert_eq!(dropped.load(std::sync::atomic::Ordering::SeqCst), 1, "the first answer was dropped");
+    assert_eq!(report.records(), 50);
+    // The batch landed once: every user is there, and a fresh create of one of them conflicts.
+    let ids: Vec<String> = (0..50).map(|i| format!("u{i}")).collect();
+    let got = e.app.batch_get("users", &ids.iter().map(String::as_str).collect::<Vec<_>>()).await.unwrap();
+    assert!(got.missing.is_empty(), "{:?}", got.missing);
+    assert_eq!(got.records.len(), 50);
 }
