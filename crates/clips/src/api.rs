@@ -66,6 +66,7 @@ impl IntoResponse for ApiError {
             403 => "denied-by-custody",
             404 => "not-found",
             409 => "conflict",
+            410 => "gone",
             502 => "custody-unavailable",
             _ => "internal",
         };

@@ -30,6 +30,8 @@ impl ClipsError {
                 Some(403) => 403,
                 Some(409) => 409,
                 Some(400) => 400,
+                // The record's subject was erased: gone for good, not a failure of custody.
+                Some(410) => 410,
                 _ => 502,
             },
             ClipsError::NotFound(_) => 404,

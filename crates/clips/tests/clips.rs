@@ -21,6 +21,8 @@ struct Env {
     app: Client,
     /// The clips workload's token.
     token: String,
+    /// End user u3's own token (a subject principal).
+    u3_token: String,
     http: reqwest::Client,
     _stop: tokio::sync::watch::Sender<bool>,
 }
@@ -51,6 +53,21 @@ async fn env(extra: &[(&str, &str)], users: u64) -> Env {
     )
     .unwrap();
     state.guard.log(&principal_event(&state, "added", &issued.principal).unwrap()).await.unwrap();
+    // u3, an end user who may export and erase their own data.
+    let u3 = add_principal(
+        state.auth.store().as_ref(),
+        NewPrincipal {
+            id: "user-u3".into(),
+            kind: "subject".into(),
+            location: "US".into(),
+            employer: String::new(),
+            roles: Vec::new(),
+            subject: Some("u3".into()),
+            tags: Default::default(),
+        },
+    )
+    .unwrap();
+    state.guard.log(&principal_event(&state, "added", &u3.principal).unwrap()).await.unwrap();
     let (tx, rx) = tokio::sync::watch::channel(false);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let custody = format!("http://{}", listener.local_addr().unwrap());
@@ -73,7 +90,7 @@ async fn env(extra: &[(&str, &str)], users: u64) -> Env {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     seed::seed(&app, &SeedPlan::new(users), Arc::new(|_, _, _| {})).await.unwrap();
-    Env { _dir: dir, custody, clips, app, token: issued.token, http, _stop: tx }
+    Env { _dir: dir, custody, clips, app, token: issued.token, u3_token: u3.token, http, _stop: tx }
 }
 
 impl Env {
@@ -247,4 +264,20 @@ async fn seeding_survives_a_lost_answer_without_writing_twice() {
     let got = e.app.batch_get("users", &ids.iter().map(String::as_str).collect::<Vec<_>>()).await.unwrap();
     assert!(got.missing.is_empty(), "{:?}", got.missing);
     assert_eq!(got.records.len(), 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erased_users_content_is_gone_not_a_failure() {
+    let e = env(&[], 40).await;
+    let (s, _) = e.call(reqwest::Method::GET, "/v1/users/u3", None).await;
+    assert_eq!(s, 200);
+    let u3 = Client::new(&e.custody, &e.u3_token).unwrap();
+    u3.erase_subject("u3").await.unwrap();
+    let (s, body) = e.call(reqwest::Method::GET, "/v1/users/u3", None).await;
+    assert_eq!((s, body["error"].as_str()), (410, Some("gone")), "{body}");
+    // Writing about the erased user is refused the same way, not as custody being unavailable.
+    let (s, body) = e.call(reqwest::Method::PATCH, "/v1/users/u3", Some(json!({"bio": "back"}))).await;
+    assert_eq!(s, 410, "{body}");
+    let (s, feed) = e.call(reqwest::Method::GET, "/v1/users/u1/feed", None).await;
+    assert_eq!(s, 200, "others' feeds still work: {feed}");
 }

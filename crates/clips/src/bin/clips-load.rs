@@ -69,7 +69,23 @@ fn parse_mix(s: &str) -> anyhow::Result<Vec<(usize, u32)>> {
 #[derive(Default)]
 struct Stats {
     lat_us: Vec<Vec<u64>>,
+    /// Answers 410 Gone: the content of an erased user (the demo erases one), which is the
+    /// right answer, so neither a success nor an error.
+    gone: Vec<u64>,
     errors: Vec<u64>,
+}
+
+impl Stats {
+    fn new() -> Self {
+        Self { lat_us: vec![Vec::new(); OPS.len()], gone: vec![0; OPS.len()], errors: vec![0; OPS.len()] }
+    }
+}
+
+/// How an operation ended, when it did not fail.
+enum Outcome {
+    Ok,
+    /// 410 Gone (an erased user's content).
+    Gone,
 }
 
 async fn checkpoint_size(http: &reqwest::Client, custody: &str) -> anyhow::Result<u64> {
@@ -77,7 +93,7 @@ async fn checkpoint_size(http: &reqwest::Client, custody: &str) -> anyhow::Resul
     text.lines().nth(1).and_then(|l| l.trim().parse().ok()).context("checkpoint has no size line")
 }
 
-async fn one(http: &reqwest::Client, base: &str, op: usize, r: &mut StdRng, pop: u64) -> anyhow::Result<()> {
+async fn one(http: &reqwest::Client, base: &str, op: usize, r: &mut StdRng, pop: u64) -> anyhow::Result<Outcome> {
     let videos = (pop / 2).max(1);
     let me = format!("u{}", r.gen_range(0..pop));
     let video = format!("v{}", (videos as f64 * r.r#gen::<f64>().powi(2)) as u64 % videos);
@@ -85,6 +101,9 @@ async fn one(http: &reqwest::Client, base: &str, op: usize, r: &mut StdRng, pop:
         0 => http.get(format!("{base}/v1/users/{me}/feed?limit=20")).send().await?,
         1 => {
             let v = http.get(format!("{base}/v1/videos/{video}")).send().await?;
+            if v.status() == reqwest::StatusCode::GONE {
+                return Ok(Outcome::Gone);
+            }
             if !v.status().is_success() {
                 bail!("video: {}", v.status());
             }
@@ -117,10 +136,13 @@ async fn one(http: &reqwest::Client, base: &str, op: usize, r: &mut StdRng, pop:
     let status = resp.status();
     let _ = resp.bytes().await?;
     // A follow of someone already followed is a 200; a self-follow a 400 we avoid above.
+    if status == reqwest::StatusCode::GONE {
+        return Ok(Outcome::Gone);
+    }
     if !status.is_success() {
         bail!("{}: {status}", OPS.get(op).copied().unwrap_or("?"));
     }
-    Ok(())
+    Ok(Outcome::Ok)
 }
 
 fn pct(sorted: &[u64], p: f64) -> f64 {
@@ -157,7 +179,7 @@ fn main() -> anyhow::Result<()> {
             let pop = args.population;
             tasks.spawn(async move {
                 let mut r = StdRng::seed_from_u64(vu as u64 ^ 0x5EED);
-                let mut s = Stats { lat_us: vec![Vec::new(); OPS.len()], errors: vec![0; OPS.len()] };
+                let mut s = Stats::new();
                 while Instant::now() < deadline {
                     let mut x = r.gen_range(0..total);
                     let mut op = 0;
@@ -172,9 +194,14 @@ fn main() -> anyhow::Result<()> {
                     let ok = one(&http, &base, op, &mut r, pop).await;
                     let us = t.elapsed().as_micros() as u64;
                     match ok {
-                        Ok(()) => {
+                        Ok(Outcome::Ok) => {
                             if let Some(v) = s.lat_us.get_mut(op) {
                                 v.push(us);
+                            }
+                        }
+                        Ok(Outcome::Gone) => {
+                            if let Some(c) = s.gone.get_mut(op) {
+                                *c += 1;
                             }
                         }
                         Err(e) => {
@@ -190,13 +217,16 @@ fn main() -> anyhow::Result<()> {
                 s
             });
         }
-        let mut all = Stats { lat_us: vec![Vec::new(); OPS.len()], errors: vec![0; OPS.len()] };
+        let mut all = Stats::new();
         while let Some(res) = tasks.join_next().await {
             let s = res?;
             for (a, b) in all.lat_us.iter_mut().zip(s.lat_us) {
                 a.extend(b);
             }
             for (a, b) in all.errors.iter_mut().zip(s.errors) {
+                *a += b;
+            }
+            for (a, b) in all.gone.iter_mut().zip(s.gone) {
                 *a += b;
             }
         }
@@ -212,12 +242,13 @@ fn main() -> anyhow::Result<()> {
             ok_total += lat.len();
             let name = OPS.get(op).copied().unwrap_or("?");
             let errors = all.errors.get(op).copied().unwrap_or_default();
-            if lat.is_empty() && errors == 0 {
+            let gone = all.gone.get(op).copied().unwrap_or_default();
+            if lat.is_empty() && errors == 0 && gone == 0 {
                 continue;
             }
             per_op.insert(
                 name,
-                json!({ "ok": lat.len(), "errors": errors, "per_s": lat.len() as f64 / elapsed,
+                json!({ "ok": lat.len(), "gone": gone, "errors": errors, "per_s": lat.len() as f64 / elapsed,
                     "p50_ms": pct(lat, 0.50), "p95_ms": pct(lat, 0.95), "p99_ms": pct(lat, 0.99) }),
             );
         }
@@ -236,12 +267,16 @@ fn main() -> anyhow::Result<()> {
                 ok_total,
                 ok_total as f64 / elapsed
             );
-            println!("{:<8} {:>9} {:>7} {:>9} {:>9} {:>9} {:>9}", "op", "ok", "errors", "ops/s", "p50 ms", "p95 ms", "p99 ms");
+            println!(
+                "{:<8} {:>9} {:>6} {:>7} {:>9} {:>9} {:>9} {:>9}",
+                "op", "ok", "gone", "errors", "ops/s", "p50 ms", "p95 ms", "p99 ms"
+            );
             for (name, v) in &per_op {
                 let f = |k: &str| v.get(k).and_then(serde_json::Value::as_f64).unwrap_or_default();
                 println!(
-                    "{name:<8} {:>9} {:>7} {:>9.1} {:>9.2} {:>9.2} {:>9.2}",
+                    "{name:<8} {:>9} {:>6} {:>7} {:>9.1} {:>9.2} {:>9.2} {:>9.2}",
                     f("ok"),
+                    f("gone"),
                     f("errors"),
                     f("per_s"),
                     f("p50_ms"),
