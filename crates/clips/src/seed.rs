@@ -242,20 +242,24 @@ async fn write_batch(client: &Client, recs: Vec<(&'static str, CreateRecord)>) -
 /// Times one batch is sent before seeding gives up on it.
 const ATTEMPTS: u32 = 4;
 
-/// Whether a failed request may be sent again: the answer was lost (timeout, connection) or
-/// custody was overloaded or failed for the moment (429, 5xx). Refusals (4xx) are final.
-fn transient(e: &ClientError) -> bool {
-    match e.status() {
-        Some(s) => s.as_u16() == 429 || s.is_server_error(),
-        None => matches!(e, ClientError::Transport(_)),
+/// Whether a failed batch-create may be sent again. A 429 (rate limit) is refused before any
+/// work. A lost answer (timeout, connection) or a 5xx may come from a batch that was written:
+/// sending it again is safe only when every record has its id, so that a second write
+/// conflicts instead of creating copies.
+fn retryable(e: &ClientError, has_ids: bool) -> bool {
+    match e.status().map(|s| s.as_u16()) {
+        Some(429) => true,
+        Some(s) => s >= 500 && has_ids,
+        None => has_ids && matches!(e, ClientError::Transport(_)),
     }
 }
 
-/// Creates `part` (records with ids) in one batch-create, sending it again after a transient
-/// failure with a growing pause. A batch-create is all or nothing (one transaction), so when
-/// a resent batch meets existing ids, custody is asked whether the first and last records of
-/// the batch exist: if they do, the earlier attempt landed and only its answer was lost.
+/// Creates `part` in one batch-create, sending it again after a failure [`retryable`] allows,
+/// with a growing pause. A batch-create is all or nothing (one transaction), so when a resent
+/// batch meets existing ids, custody is asked whether the first and last records of the
+/// batch exist: if they do, the earlier attempt landed and only its answer was lost.
 async fn create_part(client: &Client, collection: &str, part: &[CreateRecord]) -> Result<(), ClipsError> {
+    let has_ids = part.iter().all(|r| r.id.is_some());
     let mut attempt = 1;
     loop {
         let e = match client.batch_create(collection, part.to_vec()).await {
@@ -265,7 +269,7 @@ async fn create_part(client: &Client, collection: &str, part: &[CreateRecord]) -
         if attempt > 1 && e.status().map(|s| s.as_u16()) == Some(409) && landed(client, collection, part).await? {
             return Ok(());
         }
-        if attempt >= ATTEMPTS || !transient(&e) {
+        if attempt >= ATTEMPTS || !retryable(&e, has_ids) {
             return Err(e.into());
         }
         tracing::warn!(collection, records = part.len(), attempt, error = %e, "batch-create failed; sending it again");
@@ -276,8 +280,14 @@ async fn create_part(client: &Client, collection: &str, part: &[CreateRecord]) -
 
 /// Whether the first and last records of `part` exist (for a batch, whether it was written).
 async fn landed(client: &Client, collection: &str, part: &[CreateRecord]) -> Result<bool, ClipsError> {
-    let ids: Vec<&str> = [part.first(), part.last()].into_iter().flatten().filter_map(|r| r.id.as_deref()).collect();
-    if ids.len() != 2.min(part.len()) {
+    let mut ids: Vec<&str> = Vec::with_capacity(2);
+    for r in [part.first(), part.last()].into_iter().flatten() {
+        let Some(id) = r.id.as_deref() else { return Ok(false) };
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    if ids.is_empty() {
         return Ok(false);
     }
     Ok(client.batch_get(collection, &ids).await?.missing.is_empty())
