@@ -520,6 +520,30 @@ impl Store {
         Ok(now)
     }
 
+    /// The outcome of a record write sent together with its counter's bump: when the record
+    /// failed but the counter was bumped, the counter is set back to the value it was bumped
+    /// from, so it does not count what was never written. The record's error is returned.
+    async fn settle(
+        &self,
+        video: &Video,
+        counter: Counter,
+        created: Result<(), ClientError>,
+        bumped: Result<i64, ClipsError>,
+    ) -> Result<(), ClipsError> {
+        match (created, bumped) {
+            (Ok(()), bumped) => bumped.map(drop),
+            (Err(e), Ok(now)) => {
+                let mut m = Map::new();
+                m.insert(counter.field().into(), Value::from(now - 1));
+                if let Err(undo) = self.custody.update(VIDEOS, &video.id, m).await {
+                    tracing::warn!(video = %video.id, error = %undo, "could not set a counter back after a failed write");
+                }
+                Err(e.into())
+            }
+            (Err(e), Err(_)) => Err(e.into()),
+        }
+    }
+
     /// `follower` follows `followee`; false if they already did.
     ///
     /// # Errors
@@ -580,14 +604,12 @@ impl Store {
         let r = records::comment(&c);
         // The comment and the counter are independent writes (each decided and logged on its
         // own): sent together, the request waits for one write's log and storage syncs, not
-        // two in a row. A counter bumped for a comment that then failed is a ranking signal
-        // off by one, which the counters already tolerate.
+        // two in a row. A counter bumped for a comment that then failed is set back.
         let (created, bumped) = tokio::join!(
             self.custody.create(COMMENTS, Some(&c.id), author, r.fields),
             self.bump(video, Counter::Comments)
         );
-        created?;
-        bumped?;
+        self.settle(video, Counter::Comments, created.map(drop), bumped).await?;
         Ok(c)
     }
 
@@ -620,9 +642,7 @@ impl Store {
         // Independent writes, sent together (see [`Store::comment`]).
         let (created, bumped) =
             tokio::join!(self.custody.create(WATCHES, Some(&id), viewer, r.fields), self.bump(video, Counter::Views));
-        created?;
-        bumped?;
-        Ok(())
+        self.settle(video, Counter::Views, created.map(drop), bumped).await
     }
 
     /// Up to 100 entries of `viewer`'s watch history, or custody's reason for withholding it.

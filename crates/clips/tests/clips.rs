@@ -281,3 +281,33 @@ async fn an_erased_users_content_is_gone_not_a_failure() {
     let (s, feed) = e.call(reqwest::Method::GET, "/v1/users/u1/feed", None).await;
     assert_eq!(s, 200, "others' feeds still work: {feed}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_comment_does_not_count() {
+    // u99 (not seeded) may not comment: custody refuses the comment record.
+    const NO_COMMENTS: &str = r#"@id("test-no-comments-by-u99")
+forbid (
+  principal is Custody::Workload,
+  action == Custody::Action::"write",
+  resource is Custody::Data
+)
+when { resource.collection == "comments" && resource has subject && resource.subject == "u99" };
+"#;
+    let e = env(&[("96-no-comments.cedar", NO_COMMENTS)], 40).await;
+    let (s, before) = e.call(reqwest::Method::GET, "/v1/videos/v0", None).await;
+    assert_eq!(s, 200, "{before}");
+    let (s, body) =
+        e.call(reqwest::Method::POST, "/v1/videos/v0/comments", Some(json!({"author": "u99", "text": "hi"}))).await;
+    assert_eq!(s, 403, "{body}");
+    let (_, after) = e.call(reqwest::Method::GET, "/v1/videos/v0", None).await;
+    assert_eq!(
+        after["comments"], before["comments"],
+        "the counter was bumped together with the comment, then set back"
+    );
+    // Views still count: the watch record is allowed.
+    let (s, _) =
+        e.call(reqwest::Method::POST, "/v1/videos/v0/views", Some(json!({"viewer": "u1", "watched_ms": 1000}))).await;
+    assert_eq!(s, 201);
+    let (_, viewed) = e.call(reqwest::Method::GET, "/v1/videos/v0", None).await;
+    assert_eq!(viewed["views"].as_i64(), before["views"].as_i64().map(|v| v + 1));
+}
