@@ -331,21 +331,17 @@ async fn an_exhausted_budget_refuses_exports_also_after_a_restart() {
     assert_eq!(export(&c, noisy(0.01)).await.unwrap_err().status().unwrap().as_u16(), 403);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cli_exports_a_file_that_checks_against_its_log_entry() {
-    let s = Server::start();
-    seed(&s, 20).await;
-    let token = s.principal("exp", "engineer", "US", &["--employer", "provider", "--role", "egress"]);
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("export.ndjson");
-    let o = s.cli(&[
+/// `custody --format json export` of the `global-engagement` profile to `global`, into `out`,
+/// with `extra` arguments.
+fn cli_export(s: &Server, token: &str, out: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
         "--format",
         "json",
         "export",
         "--server",
         &s.base,
         "--token",
-        &token,
+        token,
         "--collection",
         "profiles",
         "--profile",
@@ -356,7 +352,19 @@ async fn the_cli_exports_a_file_that_checks_against_its_log_entry() {
         "models",
         "--out",
         out.to_str().unwrap(),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    s.cli(&args)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_exports_a_file_that_checks_against_its_log_entry() {
+    let s = Server::start();
+    seed(&s, 20).await;
+    let token = s.principal("exp", "engineer", "US", &["--employer", "provider", "--role", "egress"]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("export.ndjson");
+    let o = cli_export(&s, &token, &out, &[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let summary: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(summary["rows"], 20);
@@ -393,29 +401,7 @@ async fn the_cli_exports_parquet_that_custody_monitor_verifies() {
     let token = s.principal("exp", "engineer", "US", &["--employer", "provider", "--role", "egress"]);
     let vkey = s.client(&token).log_key().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let export = |out: &std::path::Path, extra: &[&str]| {
-        let mut args = vec![
-            "--format",
-            "json",
-            "export",
-            "--server",
-            &s.base,
-            "--token",
-            &token,
-            "--collection",
-            "profiles",
-            "--profile",
-            "global-engagement",
-            "--destination",
-            "global",
-            "--purpose",
-            "models",
-            "--out",
-            out.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        s.cli(&args)
-    };
+    let export = |out: &std::path::Path, extra: &[&str]| cli_export(&s, &token, out, extra);
 
     // `.parquet` picks the format; `--output-format parquet` says it outright.
     let out = dir.path().join("export.parquet");
