@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use clips::seed::{self, SeedPlan};
 use custody_client::Client;
-use custody_server::admin::{NewPrincipal, add_principal, principal_event};
+use custody_server::admin::{NewPrincipal, add_logged};
 use custody_server::{ServerConfig, ServerState};
 
 struct Env {
@@ -39,8 +39,8 @@ async fn env(extra: &[(&str, &str)], users: u64) -> Env {
     cfg.schema = Some(schema);
     cfg.policy_dir = Some(policies);
     let state = ServerState::open(cfg).unwrap();
-    let issued = add_principal(
-        state.auth.store().as_ref(),
+    let issued = add_logged(
+        &state,
         NewPrincipal {
             id: "svc:clips".into(),
             kind: "workload".into(),
@@ -51,11 +51,11 @@ async fn env(extra: &[(&str, &str)], users: u64) -> Env {
             tags: Default::default(),
         },
     )
+    .await
     .unwrap();
-    state.guard.log(&principal_event(&state, "added", &issued.principal).unwrap()).await.unwrap();
     // u3, an end user who may export and erase their own data.
-    let u3 = add_principal(
-        state.auth.store().as_ref(),
+    let u3 = add_logged(
+        &state,
         NewPrincipal {
             id: "user-u3".into(),
             kind: "subject".into(),
@@ -66,8 +66,8 @@ async fn env(extra: &[(&str, &str)], users: u64) -> Env {
             tags: Default::default(),
         },
     )
+    .await
     .unwrap();
-    state.guard.log(&principal_event(&state, "added", &u3.principal).unwrap()).await.unwrap();
     let (tx, rx) = tokio::sync::watch::channel(false);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let custody = format!("http://{}", listener.local_addr().unwrap());
