@@ -19,6 +19,7 @@
 //! `records.redb` and `keys.redb`, each committed durably before a write is acknowledged.
 //! A PostgreSQL backend implements the same traits.
 
+mod delta;
 mod error;
 mod group;
 mod redb_store;

@@ -6,12 +6,14 @@
 //! a pre-erasure copy of record storage.
 
 use std::path::Path;
+use std::sync::{Mutex, PoisonError, RwLock};
 
-use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableTable, ReadableTableMetadata, Table, TableDefinition, WriteTransaction};
 
 use custody_core::{CollectionName, PrincipalId, PrincipalRecord, RecordId, SubjectId};
 use custody_crypto::BlindIndexTerm;
 
+use crate::delta::{DeltaChanges, DeltaOp, IndexDelta, MERGE_AT};
 use crate::group::GroupCommit;
 use crate::{
     KeyState, KeyStore, PrincipalStore, RawPage, RecordStore, Rewrap, RotationState, StoredRecord, VaultError,
@@ -20,6 +22,8 @@ use crate::{
 
 const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
 const INDEX: TableDefinition<&[u8], ()> = TableDefinition::new("blind_index");
+/// Blind-index entries not yet merged into [`INDEX`], by sequence number (see [`crate::delta`]).
+const INDEX_DELTA: TableDefinition<u64, &[u8]> = TableDefinition::new("blind_index_delta");
 const PRINCIPALS: TableDefinition<&str, &[u8]> = TableDefinition::new("principals");
 const SUBJECT_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("subject_keys");
 const SYSTEM_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("system_keys");
@@ -49,6 +53,10 @@ pub struct RedbStore {
     record_writes: GroupCommit<Vec<Row>, Result<(), VaultError>>,
     /// Bulk inserts of subject keys, committed in groups.
     new_keys: GroupCommit<NewKeys, Result<Vec<KeyState>, VaultError>>,
+    /// Held by the one transaction at a time that changes the blind index or its delta.
+    index_writer: Mutex<()>,
+    /// The committed blind-index delta, mirrored in memory for searches and writers.
+    delta: RwLock<IndexDelta>,
 }
 
 /// Subject keys one bulk create inserts.
@@ -142,6 +150,14 @@ impl RedbStore {
         let w = records.begin_write()?;
         w.open_table(RECORDS)?;
         w.open_table(INDEX)?;
+        let delta = {
+            let t = w.open_table(INDEX_DELTA)?;
+            let rows = t
+                .iter()?
+                .map(|entry| entry.map(|(seq, key)| (seq.value(), key.value().to_vec())))
+                .collect::<Result<Vec<_>, _>>()?;
+            IndexDelta::from_rows(rows, MERGE_AT)
+        };
         w.open_table(PRINCIPALS)?;
         w.open_table(TOMBSTONES)?;
         {
@@ -165,20 +181,126 @@ impl RedbStore {
         w.open_table(SYSTEM_KEYS)?;
         w.open_table(META)?;
         w.commit()?;
-        Ok(Self { records, keys, record_writes: GroupCommit::default(), new_keys: GroupCommit::default() })
+        Ok(Self {
+            records,
+            keys,
+            record_writes: GroupCommit::default(),
+            new_keys: GroupCommit::default(),
+            index_writer: Mutex::new(()),
+            delta: RwLock::new(delta),
+        })
     }
+
+    /// Sets how many delta entries trigger a merge into the sorted index (tests use small
+    /// numbers to merge often).
+    #[doc(hidden)]
+    pub fn set_index_merge_at(&self, entries: usize) {
+        self.delta.write().unwrap_or_else(PoisonError::into_inner).set_merge_at(entries);
+    }
+
+    /// Blind-index entries waiting in the delta, not yet merged into the sorted index.
+    #[doc(hidden)]
+    pub fn index_delta_len(&self) -> usize {
+        self.delta.read().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
+    /// Runs `f` as the one index-writing transaction, commits it, then publishes its delta
+    /// changes before the next index writer may begin (the first rule in [`crate::delta`]).
+    fn index_txn<T>(
+        &self,
+        f: impl FnOnce(&WriteTransaction, &IndexDelta, &mut DeltaChanges) -> Result<T, VaultError>,
+    ) -> Result<T, VaultError> {
+        let _writer = self.index_writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut changes = DeltaChanges::default();
+        let out = {
+            let delta = self.delta.read().unwrap_or_else(PoisonError::into_inner);
+            let w = self.records.begin_write()?;
+            let out = f(&w, &delta, &mut changes)?;
+            w.commit()?;
+            out
+        };
+        self.delta.write().unwrap_or_else(PoisonError::into_inner).apply(changes);
+        Ok(out)
+    }
+
+    /// Moves the whole delta into the sorted index once it holds enough entries: one
+    /// transaction inserting them in key order, so each leaf is rewritten once for all the
+    /// entries that fall on it. A failed merge leaves the delta as it was (acknowledged writes
+    /// stay searchable through it) and is tried again after a later write.
+    fn merge_index_delta_if_due(&self) {
+        if !self.delta.read().unwrap_or_else(PoisonError::into_inner).merge_due() {
+            return;
+        }
+        let _writer = self.index_writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let merge = || -> Result<Option<usize>, VaultError> {
+            let delta = self.delta.read().unwrap_or_else(PoisonError::into_inner);
+            if !delta.merge_due() {
+                return Ok(None);
+            }
+            let w = self.records.begin_write()?;
+            {
+                let mut ix = w.open_table(INDEX)?;
+                for key in delta.keys() {
+                    ix.insert(key, ())?;
+                }
+            }
+            w.delete_table(INDEX_DELTA)?;
+            w.open_table(INDEX_DELTA)?;
+            w.commit()?;
+            Ok(Some(delta.len()))
+        };
+        let started = std::time::Instant::now();
+        match merge() {
+            Ok(Some(entries)) => {
+                self.delta.write().unwrap_or_else(PoisonError::into_inner).clear();
+                tracing::debug!(entries, elapsed = ?started.elapsed(), "merged the blind-index delta");
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "merging the blind-index delta failed; it stays searchable and is retried")
+            }
+        }
+    }
+}
+
+/// Adds `key` to the blind index (through the delta).
+fn index_add(
+    delta: &IndexDelta,
+    changes: &mut DeltaChanges,
+    dt: &mut Table<'_, u64, &'static [u8]>,
+    key: &[u8],
+) -> Result<(), VaultError> {
+    if let DeltaOp::Append(seq) = delta.add(changes, key) {
+        dt.insert(seq, key)?;
+    }
+    Ok(())
+}
+
+/// Removes `key` from the blind index: from the delta and the sorted index, as it may be in both.
+fn unindex(
+    delta: &IndexDelta,
+    changes: &mut DeltaChanges,
+    ix: &mut Table<'_, &'static [u8], ()>,
+    dt: &mut Table<'_, u64, &'static [u8]>,
+    key: &[u8],
+) -> Result<(), VaultError> {
+    if let DeltaOp::Drop(seq) = delta.remove(changes, key) {
+        dt.remove(seq)?;
+    }
+    ix.remove(key)?;
+    Ok(())
 }
 
 impl RedbStore {
     /// Writes the record writes in `jobs` in one transaction: each job all or none (a create
     /// naming a taken or erased id is refused alone), the transaction committed once.
     fn commit_record_writes(&self, jobs: &[Vec<Row>]) -> Vec<Result<(), VaultError>> {
-        let run = || -> Result<Vec<Result<(), VaultError>>, VaultError> {
-            let w = self.records.begin_write()?;
+        let run = |w: &WriteTransaction, delta: &IndexDelta, changes: &mut DeltaChanges| {
             let mut outcomes = Vec::with_capacity(jobs.len());
             {
                 let mut t = w.open_table(RECORDS)?;
                 let mut ix = w.open_table(INDEX)?;
+                let mut dt = w.open_table(INDEX_DELTA)?;
                 let mut sx = w.open_table(SUBJECT_INDEX)?;
                 let tombstones = w.open_table(TOMBSTONES)?;
                 for rows in jobs {
@@ -203,19 +325,18 @@ impl RedbStore {
                         t.insert(row.key.as_slice(), row.bytes.as_slice())?;
                         sx.insert(row.subject_key.as_slice(), ())?;
                         for k in &row.index_remove {
-                            ix.remove(k.as_slice())?;
+                            unindex(delta, changes, &mut ix, &mut dt, k)?;
                         }
                         for k in &row.index_add {
-                            ix.insert(k.as_slice(), ())?;
+                            index_add(delta, changes, &mut dt, k)?;
                         }
                     }
                     outcomes.push(Ok(()));
                 }
             }
-            w.commit()?;
             Ok(outcomes)
         };
-        match run() {
+        match self.index_txn(run) {
             Ok(outcomes) => outcomes,
             // Any failure but a refused job aborts the transaction: nothing of it is written.
             Err(e) => jobs.iter().map(|_| Err(group_failed(&e))).collect(),
@@ -324,7 +445,9 @@ impl RecordStore for RedbStore {
             index_remove: index_keys(collection, id, index_remove),
             index_add: index_keys(collection, id, index_add),
         };
-        self.record_writes.submit(vec![row], |jobs| self.commit_record_writes(&jobs), || Err(lost()))
+        let written = self.record_writes.submit(vec![row], |jobs| self.commit_record_writes(&jobs), || Err(lost()));
+        self.merge_index_delta_if_due();
+        written
     }
 
     fn put_new_many(&self, collection: &CollectionName, records: &[crate::NewStoredRecord]) -> Result<(), VaultError> {
@@ -342,7 +465,9 @@ impl RecordStore for RedbStore {
                 })
             })
             .collect::<Result<_, VaultError>>()?;
-        self.record_writes.submit(rows, |jobs| self.commit_record_writes(&jobs), || Err(lost()))
+        let written = self.record_writes.submit(rows, |jobs| self.commit_record_writes(&jobs), || Err(lost()));
+        self.merge_index_delta_if_due();
+        written
     }
 
     fn first_existing(&self, collection: &CollectionName, ids: &[&RecordId]) -> Result<Option<RecordId>, VaultError> {
@@ -362,8 +487,7 @@ impl RecordStore for RedbStore {
         id: &RecordId,
         index_remove: &[(String, BlindIndexTerm)],
     ) -> Result<bool, VaultError> {
-        let w = self.records.begin_write()?;
-        let existed = {
+        self.index_txn(|w, delta, changes| {
             let mut t = w.open_table(RECORDS)?;
             let removed = match t.remove(record_key(collection, id).as_slice())? {
                 Some(v) => Some(decode::<StoredRecord>(&format!("{collection}/{id}"), v.value())?),
@@ -374,14 +498,13 @@ impl RecordStore for RedbStore {
                 w.open_table(SUBJECT_INDEX)?.remove(subject_key(&r.subject, collection, id).as_slice())?;
             }
             let mut ix = w.open_table(INDEX)?;
+            let mut dt = w.open_table(INDEX_DELTA)?;
             for (field, term) in index_remove {
                 let k = [index_prefix(collection, field, term), id.as_str().as_bytes().to_vec()].concat();
-                ix.remove(k.as_slice())?;
+                unindex(delta, changes, &mut ix, &mut dt, &k)?;
             }
-            existed
-        };
-        w.commit()?;
-        Ok(existed)
+            Ok(existed)
+        })
     }
 
     fn subject_records(
@@ -459,9 +582,8 @@ impl RecordStore for RedbStore {
         if let Some(last) = end.last_mut() {
             *last = 1;
         }
-        let w = self.records.begin_write()?;
-        let mut count = 0;
-        {
+        self.index_txn(|w, delta, changes| {
+            let mut count = 0;
             let mut sx = w.open_table(SUBJECT_INDEX)?;
             let mut keys = Vec::new();
             for entry in sx.range(prefix.as_slice()..end.as_slice())? {
@@ -469,6 +591,7 @@ impl RecordStore for RedbStore {
             }
             let mut t = w.open_table(RECORDS)?;
             let mut ix = w.open_table(INDEX)?;
+            let mut dt = w.open_table(INDEX_DELTA)?;
             let mut tombs = w.open_table(TOMBSTONES)?;
             for key in keys {
                 sx.remove(key.as_slice())?;
@@ -478,14 +601,13 @@ impl RecordStore for RedbStore {
                 let r: StoredRecord = decode(&format!("{collection}/{id}"), &stored)?;
                 for (field, term) in &r.terms {
                     let k = [index_prefix(&collection, field, term), id.as_str().as_bytes().to_vec()].concat();
-                    ix.remove(k.as_slice())?;
+                    unindex(delta, changes, &mut ix, &mut dt, &k)?;
                 }
                 tombs.insert(rkey, ())?;
                 count += 1;
             }
-        }
-        w.commit()?;
-        Ok(count)
+            Ok(count)
+        })
     }
 
     fn search(
@@ -498,20 +620,28 @@ impl RecordStore for RedbStore {
         let prefix = index_prefix(collection, field, term);
         let mut end = prefix.clone();
         end.push(0xff);
-        let r = self.records.begin_read()?;
-        let t = r.open_table(INDEX)?;
-        let mut out = Vec::new();
-        for entry in t.range(prefix.as_slice()..end.as_slice())? {
-            let (k, _) = entry?;
-            let raw = k.value().get(prefix.len()..).unwrap_or_default();
-            let id = std::str::from_utf8(raw)
+        let parse = |key: &[u8]| {
+            let raw = key.get(prefix.len()..).unwrap_or_default();
+            std::str::from_utf8(raw)
                 .ok()
                 .and_then(|s| RecordId::new(s).ok())
-                .ok_or_else(|| VaultError::Corrupt("blind index entry".into()))?;
-            out.push(id);
-            if out.len() >= limit {
-                break;
-            }
+                .ok_or_else(|| VaultError::Corrupt("blind index entry".into()))
+        };
+        // The delta first, then the snapshot (the second rule in `crate::delta`).
+        let mut out = {
+            let delta = self.delta.read().unwrap_or_else(PoisonError::into_inner);
+            delta.with_prefix(&prefix).take(limit).map(parse).collect::<Result<Vec<_>, _>>()?
+        };
+        let from_delta = out.len();
+        let r = self.records.begin_read()?;
+        let t = r.open_table(INDEX)?;
+        for entry in t.range(prefix.as_slice()..end.as_slice())?.take(limit) {
+            out.push(parse(entry?.0.value())?);
+        }
+        if from_delta > 0 {
+            out.sort_unstable();
+            out.dedup();
+            out.truncate(limit);
         }
         Ok(out)
     }
@@ -783,8 +913,109 @@ mod tests {
         SubjectId::new(format!("s{i:05}")).unwrap()
     }
 
+    /// A record of subject `s{subject}` whose `email` has index term `[term; 32]`.
+    fn indexed(subject: u8, term: u8) -> StoredRecord {
+        StoredRecord {
+            subject: SubjectId::new(format!("s{subject}")).unwrap(),
+            jurisdiction: custody_core::Jurisdiction::new("US").unwrap(),
+            key_version: 1,
+            fields: std::collections::BTreeMap::new(),
+            terms: [("email".to_string(), [term; 32])].into_iter().collect(),
+        }
+    }
+
+    fn rid(i: u8) -> RecordId {
+        RecordId::new(format!("r{i:03}")).unwrap()
+    }
+
+    /// One step of [`the_index_answers_as_a_map_of_records_would`].
+    #[derive(Debug, Clone)]
+    enum Step {
+        Create(Vec<(u8, u8, u8)>),
+        Update(u8, u8),
+        Delete(u8),
+        Erase(u8),
+        Reopen,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            4 => proptest::collection::vec((0u8..40, 0u8..3, 0u8..6), 1..6).prop_map(Step::Create),
+            3 => (0u8..40, 0u8..6).prop_map(|(i, t)| Step::Update(i, t)),
+            1 => (0u8..40).prop_map(Step::Delete),
+            1 => (0u8..3).prop_map(Step::Erase),
+            1 => Just(Step::Reopen),
+        ]
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+        /// Through creates, updates, deletes, erasures and reopenings, with the delta merged
+        /// every few entries, every search answers exactly the records whose term matches, in
+        /// id order, cut at its limit: no entry is lost in a merge or left behind by a removal.
+        #[test]
+                fn the_index_answers_as_a_map_of_records_would(
+            steps in proptest::collection::vec(step(), 1..40),
+            merge_at in 1usize..12,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let c = CollectionName::new("users").unwrap();
+            let mut store = RedbStore::open(dir.path(), dir.path()).unwrap();
+            store.set_index_merge_at(merge_at);
+            // id -> (subject, term) of every live record; erased ids stay taken.
+            let mut model: std::collections::BTreeMap<u8, (u8, u8)> = std::collections::BTreeMap::new();
+            let mut erased = std::collections::BTreeSet::new();
+            for step in steps {
+                match step {
+                    Step::Create(batch) => {
+                        let records: Vec<_> = batch
+                            .iter()
+                            .map(|&(i, s, t)| (rid(i), indexed(s, t), vec![("email".to_string(), [t; 32])]))
+                            .collect();
+                        let mut ids: Vec<u8> = batch.iter().map(|b| b.0).collect();
+                        ids.sort_unstable();
+                        ids.dedup();
+                        let fresh = ids.len() == batch.len()
+                            && ids.iter().all(|i| !model.contains_key(i) && !erased.contains(i));
+                        prop_assert_eq!(store.put_new_many(&c, &records).is_ok(), fresh);
+                        if fresh {
+                            model.extend(batch.iter().map(|&(i, s, t)| (i, (s, t))));
+                        }
+                    }
+                    Step::Update(i, t) => {
+                        let Some(&(s, old)) = model.get(&i) else { continue };
+                        let (rm, add) = ([("email".to_string(), [old; 32])], [("email".to_string(), [t; 32])]);
+                        store.put(&c, &rid(i), &indexed(s, t), false, &rm, &add).unwrap();
+                        model.insert(i, (s, t));
+                    }
+                    Step::Delete(i) => {
+                        let rm: Vec<_> = model.get(&i).map(|&(_, t)| ("email".to_string(), [t; 32])).into_iter().collect();
+                        prop_assert_eq!(store.delete(&c, &rid(i), &rm).unwrap(), model.remove(&i).is_some());
+                    }
+                    Step::Erase(s) => {
+                        let gone: Vec<u8> = model.iter().filter(|(_, v)| v.0 == s).map(|(i, _)| *i).collect();
+                        prop_assert_eq!(store.tombstone_subject(&SubjectId::new(format!("s{s}")).unwrap()).unwrap(), gone.len() as u64);
+                        for i in gone {
+                            model.remove(&i);
+                            erased.insert(i);
+                        }
+                    }
+                    Step::Reopen => {
+                        drop(store);
+                        store = RedbStore::open(dir.path(), dir.path()).unwrap();
+                        store.set_index_merge_at(merge_at);
+                    }
+                }
+                prop_assert!(store.index_delta_len() < merge_at.max(1) + 6);
+                for t in 0u8..6 {
+                    let want: Vec<RecordId> = model.iter().filter(|(_, v)| v.1 == t).map(|(i, _)| rid(*i)).collect();
+                    prop_assert_eq!(&store.search(&c, "email", &[t; 32], 1000).unwrap(), &want, "term {}", t);
+                    let firsts: Vec<RecordId> = want.iter().take(2).cloned().collect();
+                    prop_assert_eq!(store.search(&c, "email", &[t; 32], 2).unwrap(), firsts);
+                }
+            }
+        }
 
         /// Reading several subjects' keys at once answers, in the order asked, what reading
         /// each alone answers: sorted (one range walk, or a sparse one that falls back to
@@ -808,5 +1039,53 @@ mod tests {
                 Ok(())
             })?;
         }
+    }
+
+    /// Searches running while records are written and the delta merged every 50 entries
+    /// always find every record whose write was acknowledged before the search began.
+    #[test]
+    fn an_acknowledged_write_is_found_by_every_later_search_across_merges() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(RedbStore::open(dir.path(), dir.path()).unwrap());
+        store.set_index_merge_at(50);
+        let c = CollectionName::new("users").unwrap();
+        let term = |i: usize| -> BlindIndexTerm {
+            let mut t = [0u8; 32];
+            t[..8].copy_from_slice(&(i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes());
+            t
+        };
+        let id = |i: usize| RecordId::new(format!("w{i:05}")).unwrap();
+        let acked = Arc::new(AtomicUsize::new(0));
+        const TOTAL: usize = 1200;
+        let searchers: Vec<_> = (0..2)
+            .map(|k| {
+                let (store, acked, c) = (store.clone(), acked.clone(), c.clone());
+                std::thread::spawn(move || {
+                    let mut checked = 0;
+                    let mut n = 0;
+                    while n < TOTAL {
+                        n = acked.load(Ordering::SeqCst);
+                        // Each of the last few acknowledged writes, and an older one.
+                        for i in (n.saturating_sub(4)..n).chain((n > 0).then(|| (n * 7 + k) % n)) {
+                            assert_eq!(store.search(&c, "email", &term(i), 10).unwrap(), vec![id(i)], "record {i}");
+                            checked += 1;
+                        }
+                    }
+                    checked
+                })
+            })
+            .collect();
+        for chunk in (0..TOTAL).collect::<Vec<_>>().chunks(7) {
+            let records: Vec<_> =
+                chunk.iter().map(|&i| (id(i), indexed(0, 0), vec![("email".to_string(), term(i))])).collect();
+            store.put_new_many(&c, &records).unwrap();
+            acked.store(chunk.last().unwrap() + 1, Ordering::SeqCst);
+        }
+        for s in searchers {
+            assert!(s.join().unwrap() > 0);
+        }
+        assert!(store.index_delta_len() < 50, "the delta was merged");
     }
 }
