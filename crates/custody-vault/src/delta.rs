@@ -23,14 +23,15 @@
 //! - A write is acknowledged only after its delta changes are published, so a search that
 //!   starts after the acknowledgement finds it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ops::Bound;
 
 /// The default number of delta entries that triggers a merge: ~87k users of three searchable
 /// fields, ~30 MiB of memory for the mirror.
 pub(crate) const MERGE_AT: usize = 1 << 18;
 
-/// The in-memory mirror of the delta table: entry (index key) to its sequence number.
+/// The in-memory mirror of the delta table: entry (index key) to the sequence number of the
+/// row holding it.
 #[derive(Debug)]
 pub(crate) struct IndexDelta {
     entries: BTreeMap<Vec<u8>, u64>,
@@ -38,33 +39,65 @@ pub(crate) struct IndexDelta {
     merge_at: usize,
 }
 
-/// What one index-writing transaction changed in the delta, published only once it committed.
+/// What one index-writing transaction changes in the delta. Its new entries become one row
+/// (one insert per transaction, however many records it writes); its removals rewrite the rows
+/// that held them. Published to the mirror only once the transaction committed.
 #[derive(Debug, Default)]
 pub(crate) struct DeltaChanges {
-    added: HashMap<Vec<u8>, u64>,
+    added: BTreeSet<Vec<u8>>,
     removed: HashSet<Vec<u8>>,
-    next_seq: Option<u64>,
+    /// Committed rows that lose an entry.
+    edited: BTreeSet<u64>,
+    /// The sequence number of the row `added` was written as.
+    row: Option<u64>,
 }
 
-/// What a transaction must do to the delta table for one index change.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum DeltaOp {
-    /// Insert the entry under this sequence number.
-    Append(u64),
-    /// Remove the row with this sequence number.
-    Drop(u64),
-    /// Nothing: the entry is already in the delta, or (for a removal) never was.
-    Nothing,
+/// The delta-table writes a transaction's [`DeltaChanges`] need: rows to read back and
+/// rewrite without their removed entries, and the new row.
+#[derive(Debug)]
+pub(crate) struct DeltaWrites {
+    /// Rows that lost entries: rewrite each with [`IndexDelta::keep`], or drop it if empty.
+    pub(crate) edited: Vec<u64>,
+    /// The new row (sequence number, packed entries), if the transaction added any.
+    pub(crate) row: Option<(u64, Vec<u8>)>,
+}
+
+/// Packs index entries into one delta row: each as a big-endian `u16` length, then its bytes.
+/// Hand-written because the row is read back at open and on every edit, and the format has
+/// nothing to negotiate: postcard would add a dependency on its varint layout for no gain.
+pub(crate) fn pack<'a>(keys: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for k in keys {
+        // Index entries are a collection name, a field name, a 32-byte term and a record id,
+        // each bounded far below 64 KiB.
+        let len = u16::try_from(k.len()).unwrap_or(u16::MAX);
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(k.get(..usize::from(len)).unwrap_or(k));
+    }
+    out
+}
+
+/// The entries of a packed delta row, or `None` if the row is damaged.
+pub(crate) fn unpack(mut row: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut out = Vec::new();
+    while !row.is_empty() {
+        let (len, rest) = row.split_first_chunk::<2>()?;
+        let len = usize::from(u16::from_be_bytes(*len));
+        let key = rest.get(..len)?;
+        out.push(key);
+        row = rest.get(len..)?;
+    }
+    Some(out)
 }
 
 impl IndexDelta {
-    /// A delta holding `rows` (sequence number, entry), as read from the delta table at open.
-    pub(crate) fn from_rows(rows: impl IntoIterator<Item = (u64, Vec<u8>)>, merge_at: usize) -> Self {
+    /// A delta holding `rows` (sequence number, entries), as read from the delta table at open.
+    pub(crate) fn from_rows(rows: impl IntoIterator<Item = (u64, Vec<Vec<u8>>)>, merge_at: usize) -> Self {
         let mut entries = BTreeMap::new();
         let mut next_seq = 0;
-        for (seq, key) in rows {
+        for (seq, keys) in rows {
             next_seq = next_seq.max(seq + 1);
-            entries.insert(key, seq);
+            entries.extend(keys.into_iter().map(|k| (k, seq)));
         }
         Self { entries, next_seq, merge_at: merge_at.max(1) }
     }
@@ -97,32 +130,44 @@ impl IndexDelta {
             .take_while(move |k| k.starts_with(prefix))
     }
 
-    /// The delta-table change that adds `key`, as seen by the transaction holding `changes`.
-    pub(crate) fn add(&self, changes: &mut DeltaChanges, key: &[u8]) -> DeltaOp {
-        let held =
-            changes.added.contains_key(key) || (self.entries.contains_key(key) && !changes.removed.contains(key));
-        if held {
-            return DeltaOp::Nothing;
-        }
-        let seq = changes.next_seq.unwrap_or(self.next_seq);
-        changes.next_seq = Some(seq + 1);
-        changes.added.insert(key.to_vec(), seq);
-        DeltaOp::Append(seq)
+    /// Whether `key` is held, as seen by the transaction holding `changes`.
+    fn holds(&self, changes: &DeltaChanges, key: &[u8]) -> bool {
+        changes.added.contains(key) || (self.entries.contains_key(key) && !changes.removed.contains(key))
     }
 
-    /// The delta-table change that removes `key`, as seen by the transaction holding `changes`.
-    /// The caller removes it from the sorted index too: an entry may be in both.
-    pub(crate) fn remove(&self, changes: &mut DeltaChanges, key: &[u8]) -> DeltaOp {
-        if let Some(seq) = changes.added.remove(key) {
-            return DeltaOp::Drop(seq);
+    /// Adds `key` in the transaction holding `changes` (nothing if it is already held).
+    pub(crate) fn add(&self, changes: &mut DeltaChanges, key: &[u8]) {
+        if !self.holds(changes, key) {
+            changes.added.insert(key.to_vec());
         }
-        match self.entries.get(key) {
-            Some(&seq) if !changes.removed.contains(key) => {
-                changes.removed.insert(key.to_vec());
-                DeltaOp::Drop(seq)
-            }
-            _ => DeltaOp::Nothing,
+    }
+
+    /// Removes `key` in the transaction holding `changes`. The caller removes it from the
+    /// sorted index too: an entry may be in both.
+    pub(crate) fn remove(&self, changes: &mut DeltaChanges, key: &[u8]) {
+        if changes.added.remove(key) {
+            return;
         }
+        if let Some(&seq) = self.entries.get(key)
+            && changes.removed.insert(key.to_vec())
+        {
+            changes.edited.insert(seq);
+        }
+    }
+
+    /// The delta-table writes that make `changes` durable, to run in their transaction.
+    pub(crate) fn writes(&self, changes: &mut DeltaChanges) -> DeltaWrites {
+        let row = (!changes.added.is_empty()).then(|| {
+            let seq = self.next_seq;
+            changes.row = Some(seq);
+            (seq, pack(changes.added.iter().map(Vec::as_slice)))
+        });
+        DeltaWrites { edited: changes.edited.iter().copied().collect(), row }
+    }
+
+    /// Whether an entry of an edited row stays in it (it was not removed by `changes`).
+    pub(crate) fn keep(changes: &DeltaChanges, key: &[u8]) -> bool {
+        !changes.removed.contains(key)
     }
 
     /// Publishes a committed transaction's changes.
@@ -130,9 +175,9 @@ impl IndexDelta {
         for key in changes.removed {
             self.entries.remove(&key);
         }
-        self.entries.extend(changes.added);
-        if let Some(next) = changes.next_seq {
-            self.next_seq = next;
+        if let Some(seq) = changes.row {
+            self.entries.extend(changes.added.into_iter().map(|k| (k, seq)));
+            self.next_seq = seq + 1;
         }
     }
 
@@ -147,45 +192,75 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use proptest::prelude::*;
-    use std::collections::BTreeSet;
 
     fn key(i: u8) -> Vec<u8> {
         vec![b'k', i]
     }
 
+    /// Runs `changes` against `table` as a transaction would, then publishes them.
+    fn commit(d: &mut IndexDelta, table: &mut BTreeMap<u64, Vec<u8>>, mut changes: DeltaChanges) {
+        let w = d.writes(&mut changes);
+        for seq in w.edited {
+            let kept = pack(unpack(&table[&seq]).unwrap().into_iter().filter(|k| IndexDelta::keep(&changes, k)));
+            if kept.is_empty() {
+                table.remove(&seq);
+            } else {
+                table.insert(seq, kept);
+            }
+        }
+        if let Some((seq, row)) = w.row {
+            assert!(table.insert(seq, row).is_none(), "a new row never overwrites one");
+        }
+        d.apply(changes);
+    }
+
     #[test]
     fn a_removal_in_the_same_transaction_undoes_the_add() {
         let mut d = IndexDelta::from_rows([], 8);
+        let mut table = BTreeMap::new();
         let mut c = DeltaChanges::default();
-        assert_eq!(d.add(&mut c, &key(1)), DeltaOp::Append(0));
-        assert_eq!(d.add(&mut c, &key(1)), DeltaOp::Nothing);
-        assert_eq!(d.remove(&mut c, &key(1)), DeltaOp::Drop(0));
-        assert_eq!(d.add(&mut c, &key(2)), DeltaOp::Append(1));
-        d.apply(c);
+        d.add(&mut c, &key(1));
+        d.add(&mut c, &key(1));
+        d.remove(&mut c, &key(1));
+        d.add(&mut c, &key(2));
+        commit(&mut d, &mut table, c);
         assert_eq!(d.keys().collect::<Vec<_>>(), vec![key(2).as_slice()]);
+        assert_eq!(table.len(), 1);
     }
 
     #[test]
     fn rows_read_back_continue_the_sequence() {
-        let d = IndexDelta::from_rows([(4, key(1)), (9, key(2))], 8);
+        let d = IndexDelta::from_rows([(4, vec![key(1)]), (9, vec![key(2), key(3)])], 8);
         let mut c = DeltaChanges::default();
-        assert_eq!(d.add(&mut c, &key(3)), DeltaOp::Append(10));
-        assert_eq!(d.remove(&mut c, &key(1)), DeltaOp::Drop(4));
-        assert_eq!(d.remove(&mut c, &key(1)), DeltaOp::Nothing);
-        assert_eq!(d.add(&mut c, &key(2)), DeltaOp::Nothing);
+        d.add(&mut c, &key(4));
+        d.remove(&mut c, &key(3));
+        d.remove(&mut c, &key(3));
+        let w = d.writes(&mut c);
+        assert_eq!(w.edited, vec![9]);
+        assert_eq!(w.row.unwrap().0, 10);
+    }
+
+    #[test]
+    fn packed_rows_read_back_and_damage_is_noticed() {
+        let keys = [b"a".as_slice(), b"", &[7u8; 300]];
+        let row = pack(keys);
+        assert_eq!(unpack(&row).unwrap(), keys.to_vec());
+        assert!(unpack(&row[..row.len() - 1]).is_none());
+        assert!(unpack(&[0]).is_none());
+        assert_eq!(unpack(&[]).unwrap(), Vec::<&[u8]>::new());
     }
 
     #[test]
     fn prefix_reads_stop_at_the_prefix() {
-        let d = IndexDelta::from_rows([(0, b"ab1".to_vec()), (1, b"ab2".to_vec()), (2, b"ac".to_vec())], 8);
+        let d = IndexDelta::from_rows([(0, vec![b"ab1".to_vec(), b"ab2".to_vec()]), (1, vec![b"ac".to_vec()])], 8);
         assert_eq!(d.with_prefix(b"ab").collect::<Vec<_>>(), vec![b"ab1".as_slice(), b"ab2"]);
         assert_eq!(d.with_prefix(b"b").count(), 0);
     }
 
     proptest! {
         /// Across transactions of adds and removes, some abandoned (a failed commit), the
-        /// delta holds exactly the entries a plain set would, and the delta table (replayed
-        /// from the ops) holds each of them once under the sequence number the mirror knows.
+        /// delta holds exactly the entries a plain set would, and the delta table holds each
+        /// of them once, in the row the mirror names; reading the table back gives the same.
         #[test]
         fn the_delta_tracks_a_set(
             txns in proptest::collection::vec(
@@ -196,25 +271,30 @@ mod tests {
             let mut table: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
             for (ops, commits) in txns {
                 let mut c = DeltaChanges::default();
-                let (mut s, mut t) = (set.clone(), table.clone());
+                let mut s = set.clone();
                 for (is_add, k) in ops {
-                    let op = if is_add { s.insert(key(k)); d.add(&mut c, &key(k)) }
-                        else { s.remove(&key(k)); d.remove(&mut c, &key(k)) };
-                    match op {
-                        DeltaOp::Append(seq) => prop_assert!(t.insert(seq, key(k)).is_none()),
-                        DeltaOp::Drop(seq) => prop_assert_eq!(t.remove(&seq), Some(key(k))),
-                        DeltaOp::Nothing => {}
+                    if is_add {
+                        s.insert(key(k));
+                        d.add(&mut c, &key(k));
+                    } else {
+                        s.remove(&key(k));
+                        d.remove(&mut c, &key(k));
                     }
                 }
                 if commits {
-                    d.apply(c);
-                    (set, table) = (s, t);
+                    commit(&mut d, &mut table, c);
+                    set = s;
                 }
                 let held: BTreeSet<Vec<u8>> = d.keys().map(<[u8]>::to_vec).collect();
                 prop_assert_eq!(&held, &set);
-                let rows: BTreeMap<Vec<u8>, u64> = table.iter().map(|(s, k)| (k.clone(), *s)).collect();
-                prop_assert_eq!(rows.len(), table.len());
-                prop_assert_eq!(&rows, &d.entries);
+                let rows: Vec<(u64, Vec<Vec<u8>>)> = table
+                    .iter()
+                    .map(|(seq, row)| (*seq, unpack(row).unwrap().into_iter().map(<[u8]>::to_vec).collect()))
+                    .collect();
+                let in_table: usize = rows.iter().map(|(_, keys)| keys.len()).sum();
+                prop_assert_eq!(in_table, set.len());
+                let reread = IndexDelta::from_rows(rows, 1000);
+                prop_assert_eq!(&reread.entries, &d.entries);
             }
         }
     }

@@ -13,7 +13,7 @@ use redb::{Database, ReadableTable, ReadableTableMetadata, Table, TableDefinitio
 use custody_core::{CollectionName, PrincipalId, PrincipalRecord, RecordId, SubjectId};
 use custody_crypto::BlindIndexTerm;
 
-use crate::delta::{DeltaChanges, DeltaOp, IndexDelta, MERGE_AT};
+use crate::delta::{self, DeltaChanges, IndexDelta, MERGE_AT};
 use crate::group::GroupCommit;
 use crate::{
     KeyState, KeyStore, PrincipalStore, RawPage, RecordStore, Rewrap, RotationState, StoredRecord, VaultError,
@@ -22,7 +22,8 @@ use crate::{
 
 const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
 const INDEX: TableDefinition<&[u8], ()> = TableDefinition::new("blind_index");
-/// Blind-index entries not yet merged into [`INDEX`], by sequence number (see [`crate::delta`]).
+/// Blind-index entries not yet merged into [`INDEX`]: one row per transaction that added
+/// some, by sequence number, its entries packed (see [`crate::delta`]).
 const INDEX_DELTA: TableDefinition<u64, &[u8]> = TableDefinition::new("blind_index_delta");
 const PRINCIPALS: TableDefinition<&str, &[u8]> = TableDefinition::new("principals");
 const SUBJECT_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("subject_keys");
@@ -152,10 +153,12 @@ impl RedbStore {
         w.open_table(INDEX)?;
         let delta = {
             let t = w.open_table(INDEX_DELTA)?;
-            let rows = t
-                .iter()?
-                .map(|entry| entry.map(|(seq, key)| (seq.value(), key.value().to_vec())))
-                .collect::<Result<Vec<_>, _>>()?;
+            let mut rows = Vec::new();
+            for entry in t.iter()? {
+                let (seq, row) = entry?;
+                let keys = delta::unpack(row.value()).ok_or_else(|| VaultError::Corrupt("blind index delta".into()))?;
+                rows.push((seq.value(), keys.into_iter().map(<[u8]>::to_vec).collect()));
+            }
             IndexDelta::from_rows(rows, MERGE_AT)
         };
         w.open_table(PRINCIPALS)?;
@@ -216,6 +219,29 @@ impl RedbStore {
             let delta = self.delta.read().unwrap_or_else(PoisonError::into_inner);
             let w = self.records.begin_write()?;
             let out = f(&w, &delta, &mut changes)?;
+            let writes = delta.writes(&mut changes);
+            {
+                let mut dt = w.open_table(INDEX_DELTA)?;
+                for seq in writes.edited {
+                    let kept = match dt.get(seq)? {
+                        Some(row) => delta::unpack(row.value())
+                            .ok_or_else(|| VaultError::Corrupt("blind index delta".into()))?
+                            .into_iter()
+                            .filter(|k| IndexDelta::keep(&changes, k))
+                            .map(<[u8]>::to_vec)
+                            .collect::<Vec<_>>(),
+                        None => return Err(VaultError::Corrupt(format!("blind index delta row {seq} is missing"))),
+                    };
+                    if kept.is_empty() {
+                        dt.remove(seq)?;
+                    } else {
+                        dt.insert(seq, delta::pack(kept.iter().map(Vec::as_slice)).as_slice())?;
+                    }
+                }
+                if let Some((seq, row)) = writes.row {
+                    dt.insert(seq, row.as_slice())?;
+                }
+            }
             w.commit()?;
             out
         };
@@ -263,30 +289,14 @@ impl RedbStore {
     }
 }
 
-/// Adds `key` to the blind index (through the delta).
-fn index_add(
-    delta: &IndexDelta,
-    changes: &mut DeltaChanges,
-    dt: &mut Table<'_, u64, &'static [u8]>,
-    key: &[u8],
-) -> Result<(), VaultError> {
-    if let DeltaOp::Append(seq) = delta.add(changes, key) {
-        dt.insert(seq, key)?;
-    }
-    Ok(())
-}
-
 /// Removes `key` from the blind index: from the delta and the sorted index, as it may be in both.
 fn unindex(
     delta: &IndexDelta,
     changes: &mut DeltaChanges,
     ix: &mut Table<'_, &'static [u8], ()>,
-    dt: &mut Table<'_, u64, &'static [u8]>,
     key: &[u8],
 ) -> Result<(), VaultError> {
-    if let DeltaOp::Drop(seq) = delta.remove(changes, key) {
-        dt.remove(seq)?;
-    }
+    delta.remove(changes, key);
     ix.remove(key)?;
     Ok(())
 }
@@ -300,7 +310,6 @@ impl RedbStore {
             {
                 let mut t = w.open_table(RECORDS)?;
                 let mut ix = w.open_table(INDEX)?;
-                let mut dt = w.open_table(INDEX_DELTA)?;
                 let mut sx = w.open_table(SUBJECT_INDEX)?;
                 let tombstones = w.open_table(TOMBSTONES)?;
                 for rows in jobs {
@@ -325,10 +334,10 @@ impl RedbStore {
                         t.insert(row.key.as_slice(), row.bytes.as_slice())?;
                         sx.insert(row.subject_key.as_slice(), ())?;
                         for k in &row.index_remove {
-                            unindex(delta, changes, &mut ix, &mut dt, k)?;
+                            unindex(delta, changes, &mut ix, k)?;
                         }
                         for k in &row.index_add {
-                            index_add(delta, changes, &mut dt, k)?;
+                            delta.add(changes, k);
                         }
                     }
                     outcomes.push(Ok(()));
@@ -498,10 +507,9 @@ impl RecordStore for RedbStore {
                 w.open_table(SUBJECT_INDEX)?.remove(subject_key(&r.subject, collection, id).as_slice())?;
             }
             let mut ix = w.open_table(INDEX)?;
-            let mut dt = w.open_table(INDEX_DELTA)?;
             for (field, term) in index_remove {
                 let k = [index_prefix(collection, field, term), id.as_str().as_bytes().to_vec()].concat();
-                unindex(delta, changes, &mut ix, &mut dt, &k)?;
+                unindex(delta, changes, &mut ix, &k)?;
             }
             Ok(existed)
         })
@@ -591,7 +599,6 @@ impl RecordStore for RedbStore {
             }
             let mut t = w.open_table(RECORDS)?;
             let mut ix = w.open_table(INDEX)?;
-            let mut dt = w.open_table(INDEX_DELTA)?;
             let mut tombs = w.open_table(TOMBSTONES)?;
             for key in keys {
                 sx.remove(key.as_slice())?;
@@ -601,7 +608,7 @@ impl RecordStore for RedbStore {
                 let r: StoredRecord = decode(&format!("{collection}/{id}"), &stored)?;
                 for (field, term) in &r.terms {
                     let k = [index_prefix(&collection, field, term), id.as_str().as_bytes().to_vec()].concat();
-                    unindex(delta, changes, &mut ix, &mut dt, &k)?;
+                    unindex(delta, changes, &mut ix, &k)?;
                 }
                 tombs.insert(rkey, ())?;
                 count += 1;
