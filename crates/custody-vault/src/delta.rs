@@ -7,12 +7,16 @@
 //! million users (three terms each) one commit of a few thousand users rewrote about half of
 //! the ~60k leaves, and seeding slowed from 17k to 11k users/s as the vault grew.
 //!
-//! Here a commit appends its new entries to a table keyed by a sequence number, which only
-//! touches the last leaf. [`IndexDelta`] mirrors that table in memory, sorted by entry, so a
-//! search reads the delta and the sorted index together. Once the delta holds
-//! [`IndexDelta::merge_at`] entries, one transaction moves all of them into the sorted index in
-//! key order: each leaf is then rewritten once for the many entries that fall on it, instead
-//! of once per commit.
+//! Here a commit appends its new entries to a table keyed by a sequence number, as one row,
+//! which only touches the last leaf. [`IndexDelta`] mirrors that table in memory, sorted by
+//! entry, so a search reads the delta and the sorted index together. Once the delta holds
+//! [`MERGE_AT`] entries a merge *round* begins: it copies the entries then held into the sorted
+//! index in key order, in steps of an eighth of that, one transaction each, between which
+//! record writes take their turns. Each leaf is rewritten once per round for the many entries
+//! that fall on it, instead of once per commit, and no write waits for a whole round. The
+//! round's last step deletes the rows it copied; until then the copied entries stay in the
+//! delta too, so a removal still finds the row it must edit, and a crash mid-round only means
+//! the next round copies some entries again (inserting an entry twice is harmless).
 //!
 //! Consistency rests on three rules, kept by `RedbStore`:
 //! - Only one index-writing transaction runs at a time, and it publishes its delta changes
@@ -26,8 +30,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ops::Bound;
 
-/// The default number of delta entries that triggers a merge: ~87k users of three searchable
-/// fields, ~30 MiB of memory for the mirror.
+/// The default number of delta entries that starts a merge round: ~87k users of three
+/// searchable fields, ~30 MiB of memory for the mirror.
 pub(crate) const MERGE_AT: usize = 1 << 18;
 
 /// The in-memory mirror of the delta table: entry (index key) to the sequence number of the
@@ -37,6 +41,26 @@ pub(crate) struct IndexDelta {
     entries: BTreeMap<Vec<u8>, u64>,
     next_seq: u64,
     merge_at: usize,
+    step: usize,
+    round: Option<Round>,
+}
+
+/// A merge round in progress: it copies the entries of rows before `end_seq`, in key order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Round {
+    end_seq: u64,
+    /// The last entry copied so far.
+    cursor: Option<Vec<u8>>,
+}
+
+/// One step of a merge round: what its transaction does.
+#[derive(Debug)]
+pub(crate) struct MergeStep {
+    /// Entries to insert into the sorted index, in key order.
+    pub(crate) keys: Vec<Vec<u8>>,
+    /// Set on the round's last step: delete the delta rows before this sequence number.
+    pub(crate) drop_rows_before: Option<u64>,
+    round: Round,
 }
 
 /// What one index-writing transaction changes in the delta. Its new entries become one row
@@ -99,12 +123,13 @@ impl IndexDelta {
             next_seq = next_seq.max(seq + 1);
             entries.extend(keys.into_iter().map(|k| (k, seq)));
         }
-        Self { entries, next_seq, merge_at: merge_at.max(1) }
+        Self { entries, next_seq, merge_at: merge_at.max(1), step: (merge_at / 8).max(1), round: None }
     }
 
-    /// Sets the number of entries that makes a merge due.
+    /// Sets the number of entries that starts a merge round, and the step to an eighth of it.
     pub(crate) fn set_merge_at(&mut self, entries: usize) {
         self.merge_at = entries.max(1);
+        self.step = (entries / 8).max(1);
     }
 
     /// Entries held.
@@ -112,14 +137,54 @@ impl IndexDelta {
         self.entries.len()
     }
 
-    /// Whether the delta is big enough to merge.
+    /// Whether a merge step is due: a round is under way, or the delta is big enough to begin one.
     pub(crate) fn merge_due(&self) -> bool {
-        self.entries.len() >= self.merge_at
+        self.round.is_some() || self.entries.len() >= self.merge_at
     }
 
-    /// Every entry, in key order (what a merge inserts into the sorted index).
+    /// Every entry, in key order.
+    #[cfg(test)]
     pub(crate) fn keys(&self) -> impl Iterator<Item = &[u8]> {
         self.entries.keys().map(Vec::as_slice)
+    }
+
+    /// The next step of the merge round under way (beginning one if the delta is big enough),
+    /// or `None` if no merge is due.
+    pub(crate) fn next_step(&self) -> Option<MergeStep> {
+        let round = match &self.round {
+            Some(r) => r.clone(),
+            None if self.entries.len() >= self.merge_at => Round { end_seq: self.next_seq, cursor: None },
+            None => return None,
+        };
+        let from = match &round.cursor {
+            Some(c) => Bound::Excluded(c.as_slice()),
+            None => Bound::Unbounded,
+        };
+        let mut keys: Vec<Vec<u8>> = self
+            .entries
+            .range::<[u8], _>((from, Bound::Unbounded))
+            .filter(|(_, seq)| **seq < round.end_seq)
+            .map(|(k, _)| k.clone())
+            .take(self.step + 1)
+            .collect();
+        let last = keys.len() <= self.step;
+        keys.truncate(self.step);
+        Some(MergeStep { keys, drop_rows_before: last.then_some(round.end_seq), round })
+    }
+
+    /// Records that `step`'s transaction committed: the round moves on, and after its last
+    /// step the entries it copied leave the delta.
+    pub(crate) fn step_done(&mut self, step: MergeStep) {
+        match step.drop_rows_before {
+            Some(end) => {
+                self.entries.retain(|_, seq| *seq >= end);
+                self.round = None;
+            }
+            None => {
+                let cursor = step.keys.into_iter().last().or(step.round.cursor);
+                self.round = Some(Round { end_seq: step.round.end_seq, cursor });
+            }
+        }
     }
 
     /// The entries starting with `prefix`, in key order.
@@ -179,11 +244,6 @@ impl IndexDelta {
             self.entries.extend(changes.added.into_iter().map(|k| (k, seq)));
             self.next_seq = seq + 1;
         }
-    }
-
-    /// Empties the delta once a merge moved every entry into the sorted index.
-    pub(crate) fn clear(&mut self) {
-        self.entries.clear();
     }
 }
 
