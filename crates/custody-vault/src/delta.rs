@@ -7,8 +7,8 @@
 //! million users (three terms each) one commit of a few thousand users rewrote about half of
 //! the ~60k leaves, and seeding slowed from 17k to 11k users/s as the vault grew.
 //!
-//! Here a commit appends its new entries to a table keyed by a sequence number, as one row,
-//! which only touches the last leaf. [`IndexDelta`] mirrors that table in memory, sorted by
+//! Here a commit appends its new entries to a table keyed by a sequence number, in rows of up
+//! to 256 entries, which only touches the table's last leaves. [`IndexDelta`] mirrors that table in memory, sorted by
 //! entry, so a search reads the delta and the sorted index together. Once the delta holds
 //! [`MERGE_AT`] entries a merge *round* begins: it copies the entries then held into the sorted
 //! index in key order, in steps of an eighth of that, one transaction each, between which
@@ -64,27 +64,32 @@ pub(crate) struct MergeStep {
     round: Round,
 }
 
-/// What one index-writing transaction changes in the delta. Its new entries become one row
-/// (one insert per transaction, however many records it writes); its removals rewrite the rows
-/// that held them. Published to the mirror only once the transaction committed.
+/// Most entries one delta row holds. A transaction's new entries go in as few rows as this
+/// allows (a bulk create of 1,000 users is 12 inserts, not 3,000), while removing one entry
+/// later rewrites a row of at most ~16 KiB.
+const ROW_ENTRIES: usize = 256;
+
+/// What one index-writing transaction changes in the delta. Its new entries become new rows
+/// of up to [`ROW_ENTRIES`]; its removals rewrite the rows that held them. Published to the
+/// mirror only once the transaction committed.
 #[derive(Debug, Default)]
 pub(crate) struct DeltaChanges {
     added: BTreeSet<Vec<u8>>,
     removed: HashSet<Vec<u8>>,
     /// Committed rows that lose an entry.
     edited: BTreeSet<u64>,
-    /// The sequence number of the row `added` was written as.
-    row: Option<u64>,
+    /// The sequence number of the first row `added` was written as; the rest follow it.
+    first_row: Option<u64>,
 }
 
 /// The delta-table writes a transaction's [`DeltaChanges`] need: rows to read back and
-/// rewrite without their removed entries, and the new row.
+/// rewrite without their removed entries, and the new rows.
 #[derive(Debug)]
 pub(crate) struct DeltaWrites {
     /// Rows that lost entries: rewrite each with [`IndexDelta::keep`], or drop it if empty.
     pub(crate) edited: Vec<u64>,
-    /// The new row (sequence number, packed entries), if the transaction added any.
-    pub(crate) row: Option<(u64, Vec<u8>)>,
+    /// The new rows (sequence number, packed entries).
+    pub(crate) rows: Vec<(u64, Vec<u8>)>,
 }
 
 /// Packs index entries into one delta row: each as a big-endian `u16` length, then its bytes.
@@ -223,12 +228,13 @@ impl IndexDelta {
 
     /// The delta-table writes that make `changes` durable, to run in their transaction.
     pub(crate) fn writes(&self, changes: &mut DeltaChanges) -> DeltaWrites {
-        let row = (!changes.added.is_empty()).then(|| {
-            let seq = self.next_seq;
-            changes.row = Some(seq);
-            (seq, pack(changes.added.iter().map(Vec::as_slice)))
-        });
-        DeltaWrites { edited: changes.edited.iter().copied().collect(), row }
+        let added: Vec<&Vec<u8>> = changes.added.iter().collect();
+        let rows = (self.next_seq..)
+            .zip(added.chunks(ROW_ENTRIES))
+            .map(|(seq, keys)| (seq, pack(keys.iter().map(|k| k.as_slice()))))
+            .collect();
+        changes.first_row = Some(self.next_seq);
+        DeltaWrites { edited: changes.edited.iter().copied().collect(), rows }
     }
 
     /// Whether an entry of an edited row stays in it (it was not removed by `changes`).
@@ -241,9 +247,12 @@ impl IndexDelta {
         for key in changes.removed {
             self.entries.remove(&key);
         }
-        if let Some(seq) = changes.row {
-            self.entries.extend(changes.added.into_iter().map(|k| (k, seq)));
-            self.next_seq = seq + 1;
+        if let Some(first) = changes.first_row {
+            // The rows `writes` made: `added` in order, ROW_ENTRIES to a row.
+            let rows = changes.added.len().div_ceil(ROW_ENTRIES) as u64;
+            let seq = |i: usize| first + (i / ROW_ENTRIES) as u64;
+            self.entries.extend(changes.added.into_iter().enumerate().map(|(i, k)| (k, seq(i))));
+            self.next_seq = first + rows;
         }
     }
 }
@@ -269,7 +278,7 @@ mod tests {
                 table.insert(seq, kept);
             }
         }
-        if let Some((seq, row)) = w.row {
+        for (seq, row) in w.rows {
             assert!(table.insert(seq, row).is_none(), "a new row never overwrites one");
         }
         d.apply(changes);
@@ -298,7 +307,26 @@ mod tests {
         d.remove(&mut c, &key(3));
         let w = d.writes(&mut c);
         assert_eq!(w.edited, vec![9]);
-        assert_eq!(w.row.unwrap().0, 10);
+        assert_eq!(w.rows.iter().map(|r| r.0).collect::<Vec<_>>(), vec![10]);
+    }
+
+    #[test]
+    fn many_new_entries_fill_rows_of_bounded_size() {
+        let mut d = IndexDelta::from_rows([(3, vec![b"old".to_vec()])], 100_000);
+        let mut table = BTreeMap::new();
+        let mut c = DeltaChanges::default();
+        for i in 0..(ROW_ENTRIES * 2 + 1) as u32 {
+            d.add(&mut c, &i.to_be_bytes());
+        }
+        commit(&mut d, &mut table, c);
+        let sizes: Vec<(u64, usize)> = table.iter().map(|(s, r)| (*s, unpack(r).unwrap().len())).collect();
+        assert_eq!(sizes, vec![(4, ROW_ENTRIES), (5, ROW_ENTRIES), (6, 1)]);
+        assert_eq!(d.entries[&(ROW_ENTRIES as u32).to_be_bytes().to_vec()], 5);
+        assert_eq!(d.next_seq, 7);
+        // A removal rewrites only the row that held the entry.
+        let mut c = DeltaChanges::default();
+        d.remove(&mut c, &0u32.to_be_bytes());
+        assert_eq!(d.writes(&mut c).edited, vec![4]);
     }
 
     #[test]

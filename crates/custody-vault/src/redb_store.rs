@@ -22,8 +22,8 @@ use crate::{
 
 const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
 const INDEX: TableDefinition<&[u8], ()> = TableDefinition::new("blind_index");
-/// Blind-index entries not yet merged into [`INDEX`]: one row per transaction that added
-/// some, by sequence number, its entries packed (see [`crate::delta`]).
+/// Blind-index entries not yet merged into [`INDEX`]: rows of up to 256 entries, packed,
+/// written by the transactions that added them, by sequence number (see [`crate::delta`]).
 const INDEX_DELTA: TableDefinition<u64, &[u8]> = TableDefinition::new("blind_index_delta");
 const PRINCIPALS: TableDefinition<&str, &[u8]> = TableDefinition::new("principals");
 const SUBJECT_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("subject_keys");
@@ -238,7 +238,7 @@ impl RedbStore {
                         dt.insert(seq, delta::pack(kept.iter().map(Vec::as_slice)).as_slice())?;
                     }
                 }
-                if let Some((seq, row)) = writes.row {
+                for (seq, row) in writes.rows {
                     dt.insert(seq, row.as_slice())?;
                 }
             }
