@@ -8,8 +8,9 @@
 //! the ~60k leaves, and seeding slowed from 17k to 11k users/s as the vault grew.
 //!
 //! Here a commit appends its new entries to a table keyed by a sequence number, in rows of up
-//! to 256 entries, which only touches the table's last leaves. [`IndexDelta`] mirrors that table in memory, sorted by
-//! entry, so a search reads the delta and the sorted index together. Once the delta holds
+//! to 256 entries, which only touches the table's last leaves. [`IndexDelta`] mirrors that
+//! table in memory, sorted by entry, so a search reads the delta and the sorted index
+//! together. Once the delta holds
 //! [`MERGE_AT`] entries a merge *round* begins: it copies the entries then held into the sorted
 //! index in key order, in steps of an eighth of that, one transaction each, between which
 //! record writes take their turns. Each leaf is rewritten once per round for the many entries
