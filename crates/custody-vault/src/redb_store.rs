@@ -985,7 +985,7 @@ mod tests {
         /// every few entries, every search answers exactly the records whose term matches, in
         /// id order, cut at its limit: no entry is lost in a merge or left behind by a removal.
         #[test]
-                fn the_index_answers_as_a_map_of_records_would(
+        fn the_index_answers_as_a_map_of_records_would(
             steps in proptest::collection::vec(step(), 1..40),
             merge_at in 1usize..24,
         ) {
